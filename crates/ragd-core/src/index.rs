@@ -1,0 +1,121 @@
+//! The vector index boundary: what is stored per chunk and how it is queried.
+//! Implemented by `ragd-index` (Qdrant Edge in-process, Qdrant server).
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::filter::Filter;
+use crate::ids::{CollectionId, DocumentId, TenantId};
+
+/// A sparse vector of term weights; `indices` are term ids, unique and
+/// matched with `values` by position.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SparseVector {
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+/// Everything retrieval needs about a chunk without a database round trip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkPayload {
+    pub tenant: TenantId,
+    pub collection: CollectionId,
+    pub document: DocumentId,
+    pub version: i64,
+    pub chunk_index: u32,
+    pub title: String,
+    /// `Guide > Install > Linux`: the headings the chunk sits under.
+    pub heading_path: String,
+    pub text: String,
+    pub metadata: Map<String, Value>,
+    /// Principals allowed to see the chunk; empty means the whole tenant.
+    pub acl: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexPoint {
+    pub id: Uuid,
+    pub dense: Vec<f32>,
+    pub sparse: SparseVector,
+    pub payload: ChunkPayload,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchMode {
+    Dense,
+    Sparse,
+    /// Dense and sparse candidates fused with reciprocal rank fusion, inside
+    /// the index.
+    Hybrid,
+}
+
+#[derive(Debug, Clone)]
+pub struct HybridQuery {
+    pub tenant: TenantId,
+    pub collection: CollectionId,
+    pub dense: Vec<f32>,
+    pub sparse: SparseVector,
+    pub mode: SearchMode,
+    pub limit: usize,
+    /// Candidates taken from each branch before fusion.
+    pub candidates: usize,
+    pub filter: Filter,
+    /// When set, only chunks whose ACL is empty or names one of these
+    /// principals match.
+    pub principals: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexHit {
+    pub id: Uuid,
+    /// The score the hits are ordered by (RRF for hybrid).
+    pub score: f32,
+    /// Cosine similarity to the query, when the dense branch scored the hit.
+    pub dense_score: Option<f32>,
+    /// BM25 score, when the sparse branch scored the hit.
+    pub sparse_score: Option<f32>,
+    pub payload: ChunkPayload,
+}
+
+#[derive(Debug, Clone)]
+pub struct CollectionIndexSpec {
+    pub collection: CollectionId,
+    pub dimensions: usize,
+}
+
+#[async_trait]
+pub trait VectorIndex: Send + Sync {
+    /// Creates the collection's storage; does nothing if it exists.
+    async fn create_collection(&self, spec: &CollectionIndexSpec) -> Result<()>;
+
+    /// Drops the collection and all its points; does nothing if it is absent.
+    async fn drop_collection(&self, collection: CollectionId) -> Result<()>;
+
+    /// Inserts or overwrites points by id.
+    async fn upsert(&self, collection: CollectionId, points: Vec<IndexPoint>) -> Result<()>;
+
+    /// Deletes the document's points, except those of `keep_version`.
+    async fn delete_document(
+        &self,
+        collection: CollectionId,
+        document: DocumentId,
+        keep_version: Option<i64>,
+    ) -> Result<()>;
+
+    async fn search(&self, query: &HybridQuery) -> Result<Vec<IndexHit>>;
+
+    /// The chunks of one document version with the given indices, in index
+    /// order (for widening a hit with its neighbours).
+    async fn chunks(
+        &self,
+        collection: CollectionId,
+        document: DocumentId,
+        version: i64,
+        indices: &[u32],
+    ) -> Result<Vec<ChunkPayload>>;
+
+    /// Number of points in the collection.
+    async fn count(&self, collection: CollectionId) -> Result<u64>;
+}

@@ -1,0 +1,91 @@
+//! Documents, chunks and the encoders that turn chunk text into vectors.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::index::SparseVector;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DocumentStatus {
+    Queued,
+    Processing,
+    Ready,
+    Failed,
+}
+
+impl DocumentStatus {
+    pub const ALL: [DocumentStatus; 4] = [Self::Queued, Self::Processing, Self::Ready, Self::Failed];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Processing => "processing",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for DocumentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DocumentStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| Error::invalid(format!("unknown document status {s:?}")))
+    }
+}
+
+/// A piece of a document sized for the embedder, with the context it needs
+/// to stand on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub index: u32,
+    pub text: String,
+    pub heading_path: Vec<String>,
+    pub token_count: usize,
+}
+
+impl Chunk {
+    pub fn heading_path_text(&self) -> String {
+        self.heading_path.join(" > ")
+    }
+
+    /// What is embedded: the title and heading path give a chunk the context
+    /// its own text often lacks ("it", "this setting").
+    pub fn embedding_text(&self, title: &str) -> String {
+        let mut out = String::with_capacity(title.len() + self.text.len() + 64);
+        if !title.is_empty() {
+            out.push_str(title);
+            out.push('\n');
+        }
+        if !self.heading_path.is_empty() {
+            out.push_str(&self.heading_path_text());
+            out.push('\n');
+        }
+        out.push_str(&self.text);
+        out
+    }
+}
+
+/// A dense text embedder. Calls are CPU-bound and blocking: run them off the
+/// async threads.
+pub trait Embedder: Send + Sync {
+    fn model(&self) -> &str;
+    fn dimensions(&self) -> usize;
+    fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>>;
+    fn embed_query(&self, text: &str) -> Result<Vec<f32>>;
+}
+
+/// Sparse lexical weights (BM25 term frequencies; the index applies IDF).
+pub trait SparseEncoder: Send + Sync {
+    fn encode_document(&self, text: &str) -> SparseVector;
+    fn encode_query(&self, text: &str) -> SparseVector;
+}
