@@ -1,1 +1,11 @@
+//! Black-box tests of the HTTP API: each test spawns the real `ragd serve`
+//! binary on a random port with its own data directory and talks to it over
+//! real HTTP. The real embedder, index, database and local generator run.
 
+mod helpers;
+
+mod collections;
+mod documents;
+mod errors;
+mod query;
+mod search;

@@ -1,1 +1,17 @@
+//! Uploaded bytes -> chunks: detects the format, extracts text with its
+//! heading structure (text, Markdown, HTML, PDF, DOCX, source code) and
+//! splits it into overlapping chunks sized in the embedder's tokens.
+//!
+//! Invariant: pure functions over the bytes and tokenizer it is handed. No
+//! file or network I/O beyond loading a tokenizer from a given path, no
+//! embedding, no storage, no HTTP; never depends on another engine crate.
 
+mod chunk;
+mod detect;
+mod error;
+mod extract;
+
+pub use chunk::{Chunker, ChunkingConfig, MIN_CHUNK_TOKENS};
+pub use detect::{detect_format, Format};
+pub use error::{Error, Result};
+pub use extract::{extract, Block, ExtractedDoc, Syntax};

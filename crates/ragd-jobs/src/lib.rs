@@ -1,1 +1,85 @@
+//! The durable job runner: workers claim jobs from the store's queue under a
+//! lease, keep the lease alive while they work, and record the outcome. The
+//! job kinds live here too; today that is `ingest`, the pipeline that turns a
+//! stored upload into indexed chunks.
+//!
+//! Invariant: a job is only ever finished by the worker holding its lease,
+//! and every step of a job is safe to repeat, because a crashed worker's job
+//! is claimed again once its lease expires.
 
+pub mod ingest;
+mod worker;
+
+use serde::Deserialize;
+
+pub use ingest::{IngestCounters, IngestPipeline};
+pub use worker::{Worker, WorkerHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("job {job} has a malformed payload: {reason}")]
+    Payload { job: ragd_core::JobId, reason: String },
+    #[error("the job's lease was taken over by another worker")]
+    LeaseLost,
+    #[error("unknown job kind {0:?}")]
+    UnknownKind(String),
+    #[error("background task failed")]
+    Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Core(#[from] ragd_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<ragd_store::Error> for Error {
+    fn from(error: ragd_store::Error) -> Self {
+        Self::Core(error.into())
+    }
+}
+
+impl From<ragd_ingest::Error> for Error {
+    fn from(error: ragd_ingest::Error) -> Self {
+        Self::Core(error.into())
+    }
+}
+
+impl From<Error> for ragd_core::Error {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Core(inner) => inner,
+            other => ragd_core::Error::with_source(ragd_core::ErrorKind::Internal, "job failed", other),
+        }
+    }
+}
+
+impl Error {
+    /// Whether running the job again could succeed: a document that cannot
+    /// be parsed fails the same way every time, a database hiccup does not.
+    pub fn is_retryable(&self) -> bool {
+        use ragd_core::ErrorKind::*;
+        match self {
+            Self::Core(inner) => matches!(inner.kind(), Internal | Upstream | Unavailable),
+            Self::Join(_) => true,
+            Self::Payload { .. } | Self::UnknownKind(_) | Self::LeaseLost => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Worker tasks that `ragd serve` runs beside the API (0: API only).
+    pub workers: usize,
+    /// A job whose worker stops heartbeating is claimed again after this.
+    pub lease_secs: u64,
+    /// How often an idle worker looks for new jobs, when not woken directly.
+    pub poll_interval_ms: u64,
+    /// Chunks embedded and written to the index at a time.
+    pub embed_batch_size: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self { workers: 1, lease_secs: 60, poll_interval_ms: 500, embed_batch_size: 32 }
+    }
+}

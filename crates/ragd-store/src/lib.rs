@@ -1,1 +1,22 @@
+//! All of ragd's persistent metadata and original bytes: the SQL schema and
+//! every query (collections, documents, the durable job queue and its
+//! leases), for SQLite and PostgreSQL through one code path, plus the
+//! content-addressed blob store on the local filesystem.
+//!
+//! Invariant: no other crate writes SQL; this one knows nothing of HTTP,
+//! embedding, chunking or the vector index (it must never depend on axum,
+//! ragd-embed, ragd-index or ragd-ingest).
 
+mod blob;
+mod collections;
+mod documents;
+mod error;
+mod jobs;
+mod store;
+
+pub use blob::BlobStore;
+pub use collections::{CollectionRecord, NewCollection};
+pub use documents::{DocumentRecord, NewDocument, StatusCounts};
+pub use error::{Error, Result};
+pub use jobs::{JobRecord, JobState, INGEST_JOB_KIND};
+pub use store::{Backend, QueuePolicy, Store, StoreConfig};

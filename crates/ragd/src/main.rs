@@ -1,1 +1,50 @@
-fn main() {}
+//! `ragd`: the only place that reads configuration and the environment. It
+//! builds every engine from typed config and runs the server or a tool.
+
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ragd", version, about = "A retrieval-augmented generation server")]
+struct Cli {
+    /// Configuration file (default: config/ragd.toml when it exists).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API with ingestion workers in the same process.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks one).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Directory for all state (database, blobs, index).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { listen, data_dir } => {
+            let overrides = config::Overrides {
+                data_dir,
+                server: listen.map(|listen| config::ServerOverrides { listen }),
+            };
+            let config = config::load(cli.config.as_deref(), &overrides)?;
+            serve::init_tracing(&config.log)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve::run(config))
+        }
+    }
+}

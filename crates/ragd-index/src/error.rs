@@ -1,0 +1,102 @@
+use std::path::PathBuf;
+
+use ragd_core::{CollectionId, ErrorKind};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The vector engine failed; the message is for logs only.
+    #[error("vector engine: {0}")]
+    Engine(String),
+
+    #[error("collection {0} has no vector index")]
+    UnknownCollection(CollectionId),
+
+    #[error("collection {collection} has {existing}-dimensional vectors, not {requested}")]
+    DimensionsConflict { collection: CollectionId, existing: usize, requested: usize },
+
+    #[error("{0}")]
+    InvalidQuery(String),
+
+    #[error("{0}")]
+    Config(String),
+
+    #[error("{0}")]
+    InvalidPoint(String),
+
+    #[error("cannot access {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn engine(err: impl std::fmt::Display) -> Self {
+        Self::Engine(err.to_string())
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}
+
+impl From<Error> for ragd_core::Error {
+    fn from(err: Error) -> Self {
+        let (kind, message) = match &err {
+            Error::Engine(_) | Error::Io { .. } => {
+                (ErrorKind::Internal, "the vector index failed".to_owned())
+            }
+            Error::UnknownCollection(_) => (ErrorKind::NotFound, err.to_string()),
+            Error::DimensionsConflict { .. } => (ErrorKind::Conflict, err.to_string()),
+            Error::InvalidQuery(message) | Error::InvalidPoint(message) | Error::Config(message) => {
+                (ErrorKind::InvalidInput, message.clone())
+            }
+        };
+        ragd_core::Error::with_source(kind, message, err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_caller_messages() {
+        let collection = CollectionId::new();
+        let cases = [
+            (Error::Engine("segment 0xdead corrupt".into()), ErrorKind::Internal, "vector index failed"),
+            (
+                Error::Io { path: "/x/secret".into(), source: std::io::Error::other("disk") },
+                ErrorKind::Internal,
+                "vector index failed",
+            ),
+            (Error::UnknownCollection(collection), ErrorKind::NotFound, "no vector index"),
+            (
+                Error::DimensionsConflict { collection, existing: 384, requested: 768 },
+                ErrorKind::Conflict,
+                "384",
+            ),
+            (
+                Error::InvalidQuery("dense query has 3 dimensions".into()),
+                ErrorKind::InvalidInput,
+                "3 dimensions",
+            ),
+            (
+                Error::InvalidPoint("sparse vector has duplicate indices".into()),
+                ErrorKind::InvalidInput,
+                "duplicate",
+            ),
+            (Error::Config("rrf_k must be at least 1".into()), ErrorKind::InvalidInput, "rrf_k"),
+        ];
+        for (err, kind, needle) in cases {
+            let core = ragd_core::Error::from(err);
+            assert_eq!(core.kind(), kind);
+            assert!(core.message().contains(needle), "{:?} lacks {needle:?}", core.message());
+            assert!(!core.message().contains("0xdead") && !core.message().contains("/x"));
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Bytes of a detected format -> a title and text blocks, each knowing the
+//! headings it sits under.
+
+mod docx;
+mod html;
+mod markdown;
+mod pdf;
+
+use crate::detect::{decode_text, Format};
+use crate::error::{Error, Result};
+
+/// A document reduced to its text, before chunking.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExtractedDoc {
+    pub title: Option<String>,
+    /// In reading order; never empty and never whitespace-only.
+    pub blocks: Vec<Block>,
+    /// Page count of paginated formats (PDF).
+    pub pages: Option<usize>,
+}
+
+/// A run of text under one heading path.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Block {
+    /// Outermost heading first, e.g. `["Guide", "Install", "Linux"]`.
+    pub heading_path: Vec<String>,
+    pub text: String,
+    /// 1-based page number in paginated formats.
+    pub page: Option<u32>,
+    /// How `text` is written, so the chunker can split on its structure.
+    pub syntax: Syntax,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Syntax {
+    #[default]
+    Plain,
+    Markdown,
+}
+
+impl Block {
+    pub(crate) fn plain(heading_path: Vec<String>, text: String) -> Self {
+        Self { heading_path, text, page: None, syntax: Syntax::Plain }
+    }
+}
+
+pub fn extract(format: &Format, bytes: &[u8]) -> Result<ExtractedDoc> {
+    if bytes.is_empty() {
+        return Err(Error::Empty);
+    }
+    let mut doc = match format {
+        Format::Text | Format::Code(_) => ExtractedDoc {
+            blocks: vec![Block::plain(Vec::new(), decode_text(bytes)?.to_owned())],
+            ..Default::default()
+        },
+        Format::Markdown => markdown::extract(decode_text(bytes)?),
+        Format::Html => html::extract(decode_text(bytes)?),
+        Format::Pdf => pdf::extract(bytes)?,
+        Format::Docx => docx::extract(bytes)?,
+    };
+    doc.title = doc.title.map(|title| title.trim().to_owned()).filter(|title| !title.is_empty());
+    doc.blocks.retain(|block| !block.text.trim().is_empty());
+    tracing::debug!(
+        format = %format,
+        bytes = bytes.len(),
+        blocks = doc.blocks.len(),
+        pages = doc.pages,
+        has_title = doc.title.is_some(),
+        "extracted document"
+    );
+    if doc.blocks.is_empty() {
+        return Err(Error::NoText);
+    }
+    Ok(doc)
+}
+
+/// Collapses runs of whitespace to single spaces, as a browser renders them.
+pub(crate) fn collapse_whitespace(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{detect_format, DOCX_MAIN_PART};
+
+    const EMPTY_BODY: &str =
+        r#"<w:document xmlns:w="w"><w:body><w:p><w:r><w:t> </w:t></w:r></w:p></w:body></w:document>"#;
+
+    #[test]
+    fn documents_without_text_are_errors() {
+        let empty_pdf = pdf::tests::pdf(Some("Scanned"), &[&[], &[]]);
+        let empty_docx = docx::tests::docx(&[(DOCX_MAIN_PART, EMPTY_BODY)]);
+        let cases: &[(Format, &[u8])] = &[
+            (Format::Text, b" \n\t \r\n"),
+            (Format::Code("rust".into()), b"\n\n"),
+            (Format::Markdown, b"# Only\n\n## Headings\n"),
+            (Format::Markdown, b"---\ntitle: x\n---\n"),
+            (
+                Format::Html,
+                b"<html><head><title>T</title></head><body><nav>menu</nav><script>x()</script></body></html>",
+            ),
+            (Format::Pdf, &empty_pdf),
+            (Format::Docx, &empty_docx),
+        ];
+        for (format, bytes) in cases {
+            let result = extract(format, bytes);
+            assert!(matches!(result, Err(Error::NoText)), "{format}: {result:?}");
+        }
+        assert!(matches!(extract(&Format::Text, b""), Err(Error::Empty)));
+        assert!(matches!(extract(&Format::Text, b"caf\xe9"), Err(Error::InvalidUtf8)));
+    }
+
+    #[test]
+    fn binary_formats_are_detected_by_content() {
+        let pdf = pdf::tests::pdf(None, &[&["Hello"]]);
+        let docx = docx::tests::docx(&[(DOCX_MAIN_PART, EMPTY_BODY)]);
+        let xlsx = docx::tests::docx(&[("xl/workbook.xml", "<workbook/>")]);
+        let zip = docx::tests::docx(&[("notes.txt", "hi")]);
+        let cases: &[(&str, &[u8], &str)] = &[
+            ("upload.txt", &pdf, "pdf"),
+            ("upload.txt", &docx, "docx"),
+            ("report.docx", &docx, "docx"),
+            ("sheet.xlsx", &xlsx, "Excel workbook"),
+            ("report.docx", &zip, "DOCX file is corrupt"),
+            ("archive.zip", &zip, "unsupported file type: ZIP archive"),
+        ];
+        for (name, bytes, expected) in cases {
+            let got = match detect_format(Some(name), None, bytes) {
+                Ok(format) => format.to_string(),
+                Err(err) => err.to_string(),
+            };
+            assert!(got.contains(expected), "{name}: {got}");
+        }
+    }
+
+    #[test]
+    fn text_is_one_block_without_title() {
+        let doc = extract(&Format::Text, "\u{feff}Line one\nLine two\n".as_bytes()).unwrap();
+        assert_eq!(doc.title, None);
+        assert_eq!(doc.blocks, vec![Block::plain(Vec::new(), "Line one\nLine two\n".to_owned())]);
+    }
+}

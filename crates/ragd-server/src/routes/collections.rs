@@ -1,0 +1,106 @@
+//! `/v1/collections`: create, list, get (with document, chunk and point
+//! counts), delete.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use ragd_core::{CollectionIndexSpec, CollectionName, TenantId};
+use ragd_store::{CollectionRecord, NewCollection};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{AppJson, Caller};
+use crate::state::AppState;
+use crate::wire::{CollectionStats, CollectionView};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/collections", get(list).post(create))
+        .route("/collections/{collection}", get(show).delete(remove))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateCollection {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+const MAX_DESCRIPTION: usize = 4096;
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppJson(body): AppJson<CreateCollection>,
+) -> ApiResult<(StatusCode, Json<CollectionView>)> {
+    let name = CollectionName::parse(&body.name)?;
+    if body.description.len() > MAX_DESCRIPTION {
+        return Err(ApiError::invalid(format!("description is longer than {MAX_DESCRIPTION} bytes")));
+    }
+    let record = state
+        .store
+        .create_collection(&NewCollection {
+            tenant: caller.tenant,
+            name,
+            description: body.description,
+            embedder: state.embedder_model.clone(),
+            dimensions: state.dimensions as i64,
+        })
+        .await?;
+    let spec = CollectionIndexSpec { collection: record.id, dimensions: state.dimensions };
+    if let Err(error) = state.index.create_collection(&spec).await {
+        // Without its index the collection is unusable: undo the row.
+        let _ = state.store.delete_collection(&record.tenant, record.id).await;
+        return Err(error.into());
+    }
+    Ok((StatusCode::CREATED, Json(CollectionView::from(&record))))
+}
+
+async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let collections = state.store.list_collections(&caller.tenant).await?;
+    let views: Vec<CollectionView> = collections.iter().map(CollectionView::from).collect();
+    Ok(Json(json!({ "collections": views })))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(collection): Path<String>,
+) -> ApiResult<Json<CollectionView>> {
+    let record = resolve(&state, &caller.tenant, &collection).await?;
+    let counts = state.store.document_status_counts(record.id).await?;
+    let points = state.index.count(record.id).await?;
+    let mut view = CollectionView::from(&record);
+    view.stats = Some(CollectionStats { documents: (&counts).into(), chunk_count: counts.chunks, point_count: points });
+    Ok(Json(view))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(collection): Path<String>,
+) -> ApiResult<StatusCode> {
+    let record = resolve(&state, &caller.tenant, &collection).await?;
+    state.store.delete_collection(&caller.tenant, record.id).await?;
+    state.index.drop_collection(record.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A collection named in a path by id or by name, within the caller's tenant.
+pub async fn resolve(state: &AppState, tenant: &TenantId, raw: &str) -> ApiResult<CollectionRecord> {
+    if let Ok(id) = raw.parse() {
+        return Ok(state.store.get_collection(tenant, id).await?);
+    }
+    let name = CollectionName::parse(raw)
+        .map_err(|_| ApiError::new(ragd_core::ErrorKind::NotFound, format!("no collection {raw:?}")))?;
+    state
+        .store
+        .list_collections(tenant)
+        .await?
+        .into_iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| ApiError::new(ragd_core::ErrorKind::NotFound, format!("no collection {raw:?}")))
+}

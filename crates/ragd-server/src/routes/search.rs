@@ -1,0 +1,91 @@
+//! `POST /v1/collections/{collection}/search`: hybrid retrieval without
+//! generation.
+
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use ragd_core::{Filter, SearchMode, TopK};
+use ragd_retrieve::{Retrieved, SearchRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::collections::resolve;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{AppJson, Caller};
+use crate::state::AppState;
+use crate::wire::HitView;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/collections/{collection}/search", post(search))
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeParam {
+    Dense,
+    Sparse,
+    #[default]
+    Hybrid,
+}
+
+impl From<ModeParam> for SearchMode {
+    fn from(mode: ModeParam) -> Self {
+        match mode {
+            ModeParam::Dense => SearchMode::Dense,
+            ModeParam::Sparse => SearchMode::Sparse,
+            ModeParam::Hybrid => SearchMode::Hybrid,
+        }
+    }
+}
+
+/// The retrieval part of a request, shared by `/search` and `/query`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    pub query: String,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub mode: ModeParam,
+    #[serde(default)]
+    pub filter: Value,
+    #[serde(default)]
+    pub candidates: Option<usize>,
+}
+
+impl SearchBody {
+    pub async fn retrieve(&self, state: &AppState, caller: &Caller, collection: &str, default_top_k: usize) -> ApiResult<Retrieved> {
+        let collection = resolve(state, &caller.tenant, collection).await?;
+        let request = SearchRequest {
+            tenant: caller.tenant.clone(),
+            collection: collection.id,
+            query: self.query.clone(),
+            top_k: TopK::new(self.top_k.unwrap_or(default_top_k))?,
+            mode: self.mode.into(),
+            filter: Filter::from_json(&self.filter)?,
+            candidates: self.candidates,
+            principals: None,
+        };
+        Ok(state.retriever.search(request).await?)
+    }
+}
+
+const DEFAULT_SEARCH_TOP_K: usize = 10;
+
+async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(collection): Path<String>,
+    AppJson(body): AppJson<SearchBody>,
+) -> ApiResult<Json<Value>> {
+    if body.query.trim().is_empty() {
+        return Err(ApiError::invalid("query must not be empty"));
+    }
+    let retrieved = body.retrieve(&state, &caller, &collection, DEFAULT_SEARCH_TOP_K).await?;
+    let hits: Vec<HitView> = retrieved.hits.iter().enumerate().map(|(rank, hit)| HitView::new(rank, hit)).collect();
+    Ok(Json(json!({
+        "mode": body.mode,
+        "hits": hits,
+        "timings": {"encode_ms": retrieved.timings.encode_ms, "search_ms": retrieved.timings.search_ms},
+    })))
+}

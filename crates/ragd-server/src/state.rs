@@ -1,0 +1,81 @@
+//! The one place where the application state is assembled.
+
+use std::sync::Arc;
+
+use ragd_core::{Generator, VectorIndex};
+use ragd_generate::prompt::PromptConfig;
+use ragd_jobs::WorkerHandle;
+use ragd_retrieve::Retriever;
+use ragd_store::{BlobStore, Store};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the API listens on; port 0 picks a free port.
+    pub listen: String,
+    /// Largest request body accepted, in bytes (uploads included).
+    pub max_body_bytes: usize,
+    /// Largest single uploaded document, in bytes.
+    pub max_document_bytes: usize,
+    /// Most documents listed per page.
+    pub max_page_size: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            max_body_bytes: 64 * 1024 * 1024,
+            max_document_bytes: 32 * 1024 * 1024,
+            max_page_size: 500,
+        }
+    }
+}
+
+/// Defaults of `/query`; a request may override the numbers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnswerConfig {
+    pub top_k: usize,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub prompt: PromptConfig,
+}
+
+impl Default for AnswerConfig {
+    fn default() -> Self {
+        Self { top_k: 5, max_tokens: 256, temperature: 0.0, prompt: PromptConfig::default() }
+    }
+}
+
+/// The engines and settings the server is built from; `ragd` constructs
+/// them from the configuration.
+pub struct AppParts {
+    pub store: Store,
+    pub blobs: BlobStore,
+    pub index: Arc<dyn VectorIndex>,
+    pub retriever: Retriever,
+    pub generator: Arc<dyn Generator>,
+    pub workers: WorkerHandle,
+    pub embedder_model: String,
+    pub dimensions: usize,
+    pub server: ServerConfig,
+    pub answer: AnswerConfig,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub(crate) Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}

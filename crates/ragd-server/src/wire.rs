@@ -1,0 +1,154 @@
+//! Wire types: the JSON shapes of the API, converted from engine types here.
+
+use ragd_core::IndexHit;
+use ragd_store::{CollectionRecord, DocumentRecord, StatusCounts};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+pub fn timestamp(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+pub struct CollectionView {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub embedder: String,
+    pub dimensions: i64,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<CollectionStats>,
+}
+
+#[derive(Serialize)]
+pub struct CollectionStats {
+    pub documents: DocumentCounts,
+    /// Chunks of ready documents, as recorded by ingestion.
+    pub chunk_count: i64,
+    /// Points in the vector index; equals `chunk_count` once no document is
+    /// being processed.
+    pub point_count: u64,
+}
+
+#[derive(Serialize)]
+pub struct DocumentCounts {
+    pub total: i64,
+    pub queued: i64,
+    pub processing: i64,
+    pub ready: i64,
+    pub failed: i64,
+}
+
+impl From<&StatusCounts> for DocumentCounts {
+    fn from(c: &StatusCounts) -> Self {
+        Self {
+            total: c.queued + c.processing + c.ready + c.failed,
+            queued: c.queued,
+            processing: c.processing,
+            ready: c.ready,
+            failed: c.failed,
+        }
+    }
+}
+
+impl From<&CollectionRecord> for CollectionView {
+    fn from(c: &CollectionRecord) -> Self {
+        Self {
+            id: c.id.to_string(),
+            name: c.name.to_string(),
+            description: c.description.clone(),
+            embedder: c.embedder.clone(),
+            dimensions: c.dimensions,
+            created_at: timestamp(c.created_at),
+            stats: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct DocumentView {
+    pub id: String,
+    pub collection_id: String,
+    pub title: String,
+    pub external_id: Option<String>,
+    pub source_name: Option<String>,
+    pub media_type: String,
+    pub size_bytes: i64,
+    pub content_hash: String,
+    pub metadata: Map<String, Value>,
+    pub status: &'static str,
+    /// Why ingestion failed, when `status` is `failed`.
+    pub failure: Option<String>,
+    pub version: i64,
+    pub chunk_count: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+impl From<&DocumentRecord> for DocumentView {
+    fn from(d: &DocumentRecord) -> Self {
+        Self {
+            id: d.id.to_string(),
+            collection_id: d.collection.to_string(),
+            title: d.title.clone(),
+            external_id: d.external_id.clone(),
+            source_name: d.source_name.clone(),
+            media_type: d.media_type.clone(),
+            size_bytes: d.size_bytes,
+            content_hash: d.content_hash.to_string(),
+            metadata: d.metadata.clone(),
+            status: d.status.as_str(),
+            failure: d.failure.clone(),
+            version: d.version,
+            chunk_count: d.chunk_count,
+            created_at: timestamp(d.created_at),
+            updated_at: timestamp(d.updated_at),
+            job_id: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct HitView {
+    pub rank: usize,
+    pub chunk_id: String,
+    pub document_id: String,
+    pub title: String,
+    pub heading_path: String,
+    pub chunk_index: u32,
+    pub text: String,
+    pub metadata: Map<String, Value>,
+    pub scores: ScoresView,
+}
+
+/// Each stage's score: `fused` orders the hits (RRF in hybrid mode), `dense`
+/// is cosine similarity, `sparse` is BM25; a stage that did not find the
+/// hit has no score.
+#[derive(Serialize)]
+pub struct ScoresView {
+    pub fused: f32,
+    pub dense: Option<f32>,
+    pub sparse: Option<f32>,
+}
+
+impl HitView {
+    pub fn new(rank: usize, hit: &IndexHit) -> Self {
+        let p = &hit.payload;
+        Self {
+            rank: rank + 1,
+            chunk_id: hit.id.to_string(),
+            document_id: p.document.to_string(),
+            title: p.title.clone(),
+            heading_path: p.heading_path.clone(),
+            chunk_index: p.chunk_index,
+            text: p.text.clone(),
+            metadata: p.metadata.clone(),
+            scores: ScoresView { fused: hit.score, dense: hit.dense_score, sparse: hit.sparse_score },
+        }
+    }
+}

@@ -1,0 +1,84 @@
+use ragd_core::ErrorKind;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// What was looked for, e.g. "collection 0190…".
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url {0:?}: expected sqlite:// or postgres://")]
+    UnsupportedUrl(String),
+    #[error("blob store i/o error")]
+    Io(#[from] std::io::Error),
+    /// A stored row or blob that does not parse back; never the caller's fault.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    pub(crate) fn corrupt(what: impl std::fmt::Display) -> Self {
+        Self::Corrupt(what.to_string())
+    }
+}
+
+impl From<Error> for ragd_core::Error {
+    fn from(err: Error) -> Self {
+        // Internal variants pass their cause as the source so that the log
+        // chain reads "database error: <driver message>" without repeats.
+        match err {
+            Error::NotFound(_) => ragd_core::Error::new(ErrorKind::NotFound, err.to_string()),
+            Error::Conflict(message) => ragd_core::Error::new(ErrorKind::Conflict, message),
+            Error::Database(source) => {
+                ragd_core::Error::with_source(ErrorKind::Internal, "database error", source)
+            }
+            Error::Migration(source) => {
+                ragd_core::Error::with_source(ErrorKind::Internal, "database setup failed", source)
+            }
+            Error::UnsupportedUrl(_) => {
+                ragd_core::Error::with_source(ErrorKind::Internal, "database setup failed", err)
+            }
+            Error::Corrupt(_) => {
+                ragd_core::Error::with_source(ErrorKind::Internal, "stored data is corrupt", err)
+            }
+            Error::Io(source) => {
+                ragd_core::Error::with_source(ErrorKind::Internal, "blob storage error", source)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_caller_safe_kinds() {
+        let cases = [
+            (
+                Error::NotFound("collection x".to_owned()),
+                ErrorKind::NotFound,
+                "collection x not found",
+            ),
+            (Error::Conflict("taken".to_owned()), ErrorKind::Conflict, "taken"),
+            (Error::Database(sqlx::Error::PoolTimedOut), ErrorKind::Internal, "database error"),
+            (
+                Error::UnsupportedUrl("mysql".to_owned()),
+                ErrorKind::Internal,
+                "database setup failed",
+            ),
+            (Error::Corrupt("column id".to_owned()), ErrorKind::Internal, "stored data is corrupt"),
+            (Error::Io(std::io::Error::other("disk")), ErrorKind::Internal, "blob storage error"),
+        ];
+        for (err, kind, message) in cases {
+            let err = ragd_core::Error::from(err);
+            assert_eq!((err.kind(), err.message()), (kind, message));
+        }
+    }
+}

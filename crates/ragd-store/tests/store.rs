@@ -1,0 +1,540 @@
+//! One suite, written once over a `Store`, run on SQLite (a temp file) and on
+//! PostgreSQL (a fresh database per test, dropped afterwards).
+//!
+//! PostgreSQL is expected at 127.0.0.1:5432 (user postgres, trust auth); set
+//! `RAGD_TEST_SKIP_POSTGRES=1` to skip those tests where it does not run.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use ragd_core::{CollectionId, CollectionName, ContentHash, DocumentId, DocumentStatus, TenantId};
+use ragd_store::{
+    Backend, BlobStore, CollectionRecord, Error, JobState, NewCollection, NewDocument, QueuePolicy,
+    Store, StoreConfig, INGEST_JOB_KIND,
+};
+use sqlx::{Connection, Executor};
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const LEASE: Duration = Duration::from_secs(60);
+
+/// Runs `test` on a store over a fresh SQLite file.
+async fn on_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("nested/ragd.db").display());
+    let store = Store::connect(&StoreConfig { url, max_connections: 4 }).await.expect("connect");
+    assert_eq!(store.backend(), Backend::Sqlite);
+    test(store.clone()).await;
+    let wal = dir.path().join("nested/ragd.db-wal");
+    assert!(wal.exists(), "the database is not in WAL mode");
+    store.close().await;
+}
+
+/// Runs `test` on a store over a new PostgreSQL database, dropped afterwards
+/// even when the test fails.
+async fn on_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    sqlx::any::install_default_drivers();
+    let mut admin = match sqlx::AnyConnection::connect(ADMIN_URL).await {
+        Ok(conn) => conn,
+        Err(err) if std::env::var("RAGD_TEST_SKIP_POSTGRES").as_deref() == Ok("1") => {
+            eprintln!("skipping: PostgreSQL unreachable ({err}) and RAGD_TEST_SKIP_POSTGRES=1");
+            return;
+        }
+        Err(err) => panic!(
+            "PostgreSQL is not reachable at {ADMIN_URL}: {err}. Start it (user postgres, trust \
+             auth) or set RAGD_TEST_SKIP_POSTGRES=1 to skip the PostgreSQL tests"
+        ),
+    };
+    let name = format!("ragd_test_{}", uuid::Uuid::new_v4().simple());
+    admin.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create database");
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let outcome = AssertUnwindSafe(async {
+        let store =
+            Store::connect(&StoreConfig { url, max_connections: 8 }).await.expect("connect");
+        assert_eq!(store.backend(), Backend::Postgres);
+        // Closed even on failure, so the database can be dropped.
+        let outcome = AssertUnwindSafe(test(store.clone())).catch_unwind().await;
+        store.close().await;
+        outcome
+    })
+    .catch_unwind()
+    .await;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .expect("drop database");
+    if let Err(panic) = outcome.and_then(|inner| inner) {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+macro_rules! on_both_engines {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::on_sqlite(super::$test).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::on_postgres(super::$test).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    collections_are_created_listed_and_deleted_per_tenant,
+    document_and_its_job_are_inserted_together,
+    documents_page_in_id_order,
+    document_status_transitions_and_counts,
+    each_job_is_claimed_by_exactly_one_worker,
+    expired_lease_is_reclaimed_by_another_worker,
+    lease_expired_on_last_attempt_fails_job_and_document,
+    only_the_owner_heartbeats_and_completes,
+    failed_job_is_retried_until_max_attempts,
+    deleting_a_document_cancels_its_job,
+    deleting_a_collection_removes_documents_and_cancels_jobs,
+);
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::parse(name).expect("tenant")
+}
+
+fn new_collection(tenant_name: &str, name: &str) -> NewCollection {
+    NewCollection {
+        tenant: tenant(tenant_name),
+        name: CollectionName::parse(name).expect("name"),
+        description: format!("the {name} collection"),
+        embedder: "all-minilm-l6-v2".to_owned(),
+        dimensions: 384,
+    }
+}
+
+async fn collection(store: &Store, name: &str) -> CollectionRecord {
+    store.create_collection(&new_collection("acme", name)).await.expect("create collection")
+}
+
+fn new_document(collection: &CollectionRecord, title: &str) -> NewDocument {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("lang".to_owned(), "en".into());
+    metadata.insert("pages".to_owned(), 3.into());
+    NewDocument {
+        id: DocumentId::new(),
+        collection: collection.id,
+        tenant: collection.tenant.clone(),
+        external_id: Some(format!("ext-{title}")),
+        title: title.to_owned(),
+        source_name: Some(format!("{title}.md")),
+        media_type: "text/markdown".to_owned(),
+        content_hash: ContentHash::of(title.as_bytes()),
+        size_bytes: title.len() as i64,
+        metadata,
+        acl: vec!["group:staff".to_owned()],
+    }
+}
+
+async fn collections_are_created_listed_and_deleted_per_tenant(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let notes = collection(&store, "notes").await;
+    let other = store
+        .create_collection(&new_collection("globex", "docs"))
+        .await
+        .expect("same name, other tenant");
+
+    assert_eq!(store.get_collection(&tenant("acme"), docs.id).await.expect("get"), docs);
+    let listed = store.list_collections(&tenant("acme")).await.expect("list");
+    assert_eq!(listed, vec![docs.clone(), notes.clone()]);
+    assert_eq!(store.list_collections(&tenant("globex")).await.expect("list"), vec![other.clone()]);
+
+    let duplicate = store.create_collection(&new_collection("acme", "docs")).await;
+    assert!(matches!(duplicate, Err(Error::Conflict(_))), "{duplicate:?}");
+
+    // Another tenant's collection is invisible, and so cannot be deleted.
+    let foreign = store.get_collection(&tenant("acme"), other.id).await;
+    assert!(matches!(foreign, Err(Error::NotFound(_))), "{foreign:?}");
+    let foreign = store.delete_collection(&tenant("acme"), other.id).await;
+    assert!(matches!(foreign, Err(Error::NotFound(_))), "{foreign:?}");
+
+    store.delete_collection(&tenant("acme"), docs.id).await.expect("delete");
+    let gone = store.get_collection(&tenant("acme"), docs.id).await;
+    assert!(matches!(gone, Err(Error::NotFound(_))), "{gone:?}");
+    assert_eq!(store.list_collections(&tenant("acme")).await.expect("list"), vec![notes]);
+    store.create_collection(&new_collection("acme", "docs")).await.expect("name is free again");
+}
+
+async fn document_and_its_job_are_inserted_together(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let new = new_document(&docs, "guide");
+    let (record, job_id) = store.insert_document_with_job(&new).await.expect("insert");
+    assert_eq!(record.status, DocumentStatus::Queued);
+    assert_eq!((record.version, record.chunk_count, record.failure.as_deref()), (1, 0, None));
+    assert_eq!(store.get_document(docs.id, new.id).await.expect("get"), record);
+
+    let job = store.get_job(job_id).await.expect("job");
+    assert_eq!(job.kind, INGEST_JOB_KIND);
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.attempts, 0);
+    assert_eq!(
+        job.payload,
+        serde_json::json!({"document": new.id.to_string(), "collection": docs.id.to_string()})
+    );
+    assert_eq!(store.pending_job_count().await.expect("count"), 1);
+
+    let again = store.insert_document_with_job(&new).await;
+    assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
+
+    // Neither a missing collection nor another tenant's gets a document, and
+    // a failed insert leaves no job behind.
+    let mut orphan = new_document(&docs, "orphan");
+    orphan.collection = CollectionId::new();
+    let missing = store.insert_document_with_job(&orphan).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+    let mut foreign = new_document(&docs, "foreign");
+    foreign.tenant = tenant("globex");
+    let missing = store.insert_document_with_job(&foreign).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+    assert_eq!(store.pending_job_count().await.expect("count"), 1);
+
+    let absent = store.get_document(docs.id, DocumentId::new()).await;
+    assert!(matches!(absent, Err(Error::NotFound(_))), "{absent:?}");
+    let other = collection(&store, "other").await;
+    let wrong_collection = store.get_document(other.id, new.id).await;
+    assert!(matches!(wrong_collection, Err(Error::NotFound(_))), "{wrong_collection:?}");
+}
+
+async fn documents_page_in_id_order(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let other = collection(&store, "other").await;
+    store.insert_document_with_job(&new_document(&other, "elsewhere")).await.expect("insert");
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let (record, _) = store
+            .insert_document_with_job(&new_document(&docs, &format!("doc{i}")))
+            .await
+            .expect("insert");
+        ids.push(record.id);
+    }
+    ids.sort();
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_documents(docs.id, after, 3).await.expect("list");
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen.extend(page.iter().map(|doc| doc.id));
+    }
+    assert_eq!(seen, ids);
+    assert!(store.list_documents(docs.id, None, 0).await.expect("list").is_empty());
+}
+
+async fn document_status_transitions_and_counts(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let (record, _) = store
+            .insert_document_with_job(&new_document(&docs, &format!("doc{i}")))
+            .await
+            .expect("insert");
+        ids.push(record.id);
+    }
+    let counts = store.document_status_counts(docs.id).await.expect("counts");
+    assert_eq!(
+        (counts.queued, counts.processing, counts.ready, counts.failed, counts.chunks),
+        (4, 0, 0, 0, 0)
+    );
+
+    store.mark_document_processing(ids[0]).await.expect("processing");
+    store.mark_document_processing(ids[1]).await.expect("processing");
+    store.mark_document_ready(ids[1], 2, 17).await.expect("ready");
+    store.mark_document_processing(ids[2]).await.expect("processing");
+    store.mark_document_ready(ids[2], 1, 5).await.expect("ready");
+    store.mark_document_failed(ids[3], "unsupported file type").await.expect("failed");
+
+    let counts = store.document_status_counts(docs.id).await.expect("counts");
+    assert_eq!(
+        (counts.queued, counts.processing, counts.ready, counts.failed, counts.chunks),
+        (0, 1, 2, 1, 22)
+    );
+
+    let ready = store.get_document(docs.id, ids[1]).await.expect("get");
+    assert_eq!((ready.status, ready.version, ready.chunk_count), (DocumentStatus::Ready, 2, 17));
+    assert!(ready.updated_at >= ready.created_at);
+    let failed = store.get_document(docs.id, ids[3]).await.expect("get");
+    assert_eq!(failed.status, DocumentStatus::Failed);
+    assert_eq!(failed.failure.as_deref(), Some("unsupported file type"));
+
+    // Reprocessing clears the failure.
+    store.mark_document_processing(ids[3]).await.expect("processing");
+    let retried = store.get_document(docs.id, ids[3]).await.expect("get");
+    assert_eq!((retried.status, retried.failure), (DocumentStatus::Processing, None));
+
+    let missing = store.mark_document_ready(DocumentId::new(), 1, 1).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+    let empty = collection(&store, "empty").await;
+    let counts = store.document_status_counts(empty.id).await.expect("counts");
+    assert_eq!((counts.queued, counts.ready, counts.chunks), (0, 0, 0));
+}
+
+async fn each_job_is_claimed_by_exactly_one_worker(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let mut expected = HashSet::new();
+    for i in 0..20 {
+        let (_, job) = store
+            .insert_document_with_job(&new_document(&docs, &format!("doc{i}")))
+            .await
+            .expect("insert");
+        expected.insert(job);
+    }
+    let claims = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        let claims = claims.clone();
+        workers.push(tokio::spawn(async move {
+            let worker = format!("worker-{w}");
+            while let Some(job) =
+                store.claim_job(&worker, &[INGEST_JOB_KIND], LEASE).await.expect("claim")
+            {
+                assert_eq!((job.state, job.attempts), (JobState::Running, 1));
+                assert_eq!(job.worker.as_deref(), Some(worker.as_str()));
+                claims.lock().expect("lock").push(job.id);
+                store.complete_job(job.id, &worker).await.expect("complete");
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.expect("worker task");
+    }
+    let claims = claims.lock().expect("lock").clone();
+    let unique: HashSet<_> = claims.iter().copied().collect();
+    assert_eq!(claims.len(), 20, "a job was claimed twice");
+    assert_eq!(unique, expected);
+    for id in expected {
+        assert_eq!(store.get_job(id).await.expect("job").state, JobState::Succeeded);
+    }
+    assert_eq!(store.pending_job_count().await.expect("count"), 0);
+}
+
+async fn expired_lease_is_reclaimed_by_another_worker(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let (_, job_id) =
+        store.insert_document_with_job(&new_document(&docs, "doc")).await.expect("insert");
+    assert!(
+        store.claim_job("w", &["reindex"], LEASE).await.expect("claim").is_none(),
+        "wrong kind"
+    );
+    assert!(store.claim_job("w", &[], LEASE).await.expect("claim").is_none());
+
+    let first =
+        store.claim_job("a", &["reindex", INGEST_JOB_KIND], Duration::ZERO).await.expect("claim");
+    assert_eq!(first.map(|job| job.id), Some(job_id));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let second =
+        store.claim_job("b", &[INGEST_JOB_KIND], LEASE).await.expect("claim").expect("reclaimed");
+    assert_eq!((second.id, second.attempts), (job_id, 2));
+    assert_eq!(second.worker.as_deref(), Some("b"));
+    assert!(
+        store.claim_job("c", &[INGEST_JOB_KIND], LEASE).await.expect("claim").is_none(),
+        "lease is live"
+    );
+
+    // The first worker has lost the job.
+    assert!(!store.heartbeat_job(job_id, "a", LEASE).await.expect("heartbeat"));
+    let late = store.complete_job(job_id, "a").await;
+    assert!(matches!(late, Err(Error::Conflict(_))), "{late:?}");
+    store.complete_job(job_id, "b").await.expect("complete");
+}
+
+async fn lease_expired_on_last_attempt_fails_job_and_document(store: Store) {
+    let store = store.with_queue_policy(QueuePolicy { max_attempts: 1, ..QueuePolicy::default() });
+    let docs = collection(&store, "docs").await;
+    let (doc, job_id) =
+        store.insert_document_with_job(&new_document(&docs, "doc")).await.expect("insert");
+    store.claim_job("a", &[INGEST_JOB_KIND], Duration::ZERO).await.expect("claim").expect("job");
+    store.mark_document_processing(doc.id).await.expect("processing");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    assert!(store.claim_job("b", &[INGEST_JOB_KIND], LEASE).await.expect("claim").is_none());
+    let job = store.get_job(job_id).await.expect("job");
+    assert_eq!((job.state, job.attempts), (JobState::Failed, 1));
+    let doc = store.get_document(docs.id, doc.id).await.expect("doc");
+    assert_eq!(doc.status, DocumentStatus::Failed);
+    assert!(doc.failure.is_some());
+}
+
+async fn only_the_owner_heartbeats_and_completes(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let (_, job_id) =
+        store.insert_document_with_job(&new_document(&docs, "doc")).await.expect("insert");
+    assert!(!store.heartbeat_job(job_id, "a", LEASE).await.expect("heartbeat"), "not claimed yet");
+    let job = store
+        .claim_job("a", &[INGEST_JOB_KIND], Duration::from_secs(1))
+        .await
+        .expect("claim")
+        .expect("job");
+    let first_lease = job.lease_until.expect("lease");
+
+    assert!(!store.heartbeat_job(job_id, "b", LEASE).await.expect("heartbeat"));
+    assert!(store.heartbeat_job(job_id, "a", LEASE).await.expect("heartbeat"));
+    let job = store.get_job(job_id).await.expect("job");
+    assert!(job.lease_until.expect("lease") > first_lease);
+
+    let stolen = store.complete_job(job_id, "b").await;
+    assert!(matches!(stolen, Err(Error::Conflict(_))), "{stolen:?}");
+    let stolen = store.fail_job(job_id, "b", "boom", true).await;
+    assert!(matches!(stolen, Err(Error::Conflict(_))), "{stolen:?}");
+    store.complete_job(job_id, "a").await.expect("complete");
+    assert!(!store.heartbeat_job(job_id, "a", LEASE).await.expect("heartbeat"), "finished");
+    let twice = store.complete_job(job_id, "a").await;
+    assert!(matches!(twice, Err(Error::Conflict(_))), "{twice:?}");
+
+    let unknown = store.get_job(ragd_core::JobId::new()).await;
+    assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
+    let unknown = store.complete_job(ragd_core::JobId::new(), "a").await;
+    assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
+}
+
+async fn failed_job_is_retried_until_max_attempts(store: Store) {
+    let policy = QueuePolicy { max_attempts: 3, retry_base_ms: 10, retry_max_ms: 40 };
+    let store = store.with_queue_policy(policy);
+    let docs = collection(&store, "docs").await;
+    let (_, job_id) =
+        store.insert_document_with_job(&new_document(&docs, "doc")).await.expect("insert");
+    assert_eq!(store.get_job(job_id).await.expect("job").max_attempts, 3);
+
+    for attempt in 1..=3 {
+        let job = loop {
+            // Not due before its backoff has passed.
+            match store.claim_job("w", &[INGEST_JOB_KIND], LEASE).await.expect("claim") {
+                Some(job) => break job,
+                None => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        assert_eq!((job.id, job.attempts), (job_id, attempt));
+        store.fail_job(job_id, "w", &format!("failure {attempt}"), true).await.expect("fail");
+        let job = store.get_job(job_id).await.expect("job");
+        assert_eq!(job.error.as_deref(), Some(format!("failure {attempt}").as_str()));
+        if attempt < 3 {
+            assert_eq!(job.state, JobState::Queued);
+            assert!(job.run_after > job.updated_at, "retry is delayed");
+            assert_eq!(job.lease_until, None);
+        } else {
+            assert_eq!(job.state, JobState::Failed);
+        }
+    }
+    assert!(store.claim_job("w", &[INGEST_JOB_KIND], LEASE).await.expect("claim").is_none());
+    assert_eq!(store.pending_job_count().await.expect("count"), 0);
+
+    // Without retry the first failure is final.
+    let (_, job_id) =
+        store.insert_document_with_job(&new_document(&docs, "doc2")).await.expect("insert");
+    store.claim_job("w", &[INGEST_JOB_KIND], LEASE).await.expect("claim").expect("job");
+    store.fail_job(job_id, "w", "unsupported", false).await.expect("fail");
+    let job = store.get_job(job_id).await.expect("job");
+    assert_eq!((job.state, job.attempts), (JobState::Failed, 1));
+}
+
+async fn deleting_a_document_cancels_its_job(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let (queued, queued_job) =
+        store.insert_document_with_job(&new_document(&docs, "queued")).await.expect("insert");
+    let (kept, kept_job) =
+        store.insert_document_with_job(&new_document(&docs, "kept")).await.expect("insert");
+
+    let deleted = store.delete_document(docs.id, queued.id).await.expect("delete");
+    assert_eq!(deleted, queued);
+    assert_eq!(store.get_job(queued_job).await.expect("job").state, JobState::Cancelled);
+    let gone = store.get_document(docs.id, queued.id).await;
+    assert!(matches!(gone, Err(Error::NotFound(_))), "{gone:?}");
+    let again = store.delete_document(docs.id, queued.id).await;
+    assert!(matches!(again, Err(Error::NotFound(_))), "{again:?}");
+
+    // A running job is cancelled too: its worker sees it at the next heartbeat.
+    let job = store.claim_job("w", &[INGEST_JOB_KIND], LEASE).await.expect("claim").expect("job");
+    assert_eq!(job.id, kept_job);
+    store.delete_document(docs.id, kept.id).await.expect("delete");
+    assert!(!store.heartbeat_job(kept_job, "w", LEASE).await.expect("heartbeat"));
+    assert_eq!(store.get_job(kept_job).await.expect("job").state, JobState::Cancelled);
+    let missing = store.mark_document_ready(kept.id, 1, 3).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+    assert_eq!(store.pending_job_count().await.expect("count"), 0);
+}
+
+async fn deleting_a_collection_removes_documents_and_cancels_jobs(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let other = collection(&store, "other").await;
+    let (doc, job) =
+        store.insert_document_with_job(&new_document(&docs, "doc")).await.expect("insert");
+    let (_, other_job) =
+        store.insert_document_with_job(&new_document(&other, "doc")).await.expect("insert");
+
+    store.delete_collection(&tenant("acme"), docs.id).await.expect("delete");
+    let gone = store.get_document(docs.id, doc.id).await;
+    assert!(matches!(gone, Err(Error::NotFound(_))), "{gone:?}");
+    assert_eq!(store.get_job(job).await.expect("job").state, JobState::Cancelled);
+    assert_eq!(store.get_job(other_job).await.expect("job").state, JobState::Queued);
+    assert_eq!(store.pending_job_count().await.expect("count"), 1);
+}
+
+#[tokio::test]
+async fn blobs_roundtrip_and_put_is_idempotent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let blobs = BlobStore::open(&dir.path().join("blobs")).expect("open");
+    let hash = blobs.put(b"hello world").await.expect("put");
+    assert_eq!(hash, ContentHash::of(b"hello world"));
+    assert_eq!(blobs.put(b"hello world").await.expect("put again"), hash);
+    assert_eq!(blobs.get(&hash).await.expect("get"), b"hello world");
+    let empty = blobs.put(b"").await.expect("put empty");
+    assert_eq!(blobs.get(&empty).await.expect("get empty"), b"");
+
+    // One file per content, and no temporary file left behind.
+    let hex = hash.as_str();
+    let fan_out = dir.path().join("blobs/sha256").join(&hex[..2]);
+    let names: Vec<_> = std::fs::read_dir(&fan_out)
+        .expect("read dir")
+        .map(|entry| entry.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    assert_eq!(names, vec![hex[2..].to_owned()]);
+
+    std::fs::write(fan_out.join(&hex[2..]), b"tampered").expect("tamper");
+    assert!(matches!(blobs.get(&hash).await, Err(Error::Corrupt(_))));
+
+    blobs.delete(&hash).await.expect("delete");
+    assert!(matches!(blobs.get(&hash).await, Err(Error::NotFound(_))));
+    blobs.delete(&hash).await.expect("deleting an absent blob");
+}
+
+#[tokio::test]
+async fn sqlite_file_survives_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("a/b/ragd.sqlite").display());
+    let config = StoreConfig { url, max_connections: 2 };
+    let store = Store::connect(&config).await.expect("connect");
+    let created = collection(&store, "docs").await;
+    store.close().await;
+
+    let store = Store::connect(&config).await.expect("reconnect, migrations already applied");
+    assert_eq!(store.list_collections(&tenant("acme")).await.expect("list"), vec![created]);
+    store.close().await;
+}

@@ -1,0 +1,195 @@
+//! `ragd serve`: build the engines, start the workers, serve the API, and
+//! stop cleanly on SIGINT or SIGTERM.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use ragd_core::{Embedder, Generator, SparseEncoder, VectorIndex};
+use ragd_embed::{Bm25Encoder, ModelManifest, ModelRegistry, OnnxEmbedder};
+use ragd_generate::{LocalGguf, LocalGgufConfig, OpenAiCompatible};
+use ragd_index::EdgeIndex;
+use ragd_ingest::Chunker;
+use ragd_jobs::{IngestPipeline, Worker, WorkerHandle};
+use ragd_retrieve::Retriever;
+use ragd_server::{AppParts, AppState};
+use ragd_store::{BlobStore, Store, StoreConfig};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogSection};
+
+pub fn init_tracing(log: &LogSection) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&log.filter))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+/// The engines shared by every command that touches data.
+pub struct Engines {
+    pub store: Store,
+    pub blobs: BlobStore,
+    pub index: Arc<dyn VectorIndex>,
+    pub embedder: Arc<dyn Embedder>,
+    pub sparse: Arc<dyn SparseEncoder>,
+    pub chunker: Arc<Chunker>,
+    pub registry: ModelRegistry,
+}
+
+impl Engines {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let manifest_text = std::fs::read_to_string(&config.models.manifest)
+            .with_context(|| format!("reading model manifest {}", config.models.manifest.display()))?;
+        let registry = ModelRegistry::new(ModelManifest::parse(&manifest_text)?, config.models.dir.clone());
+
+        let started = Instant::now();
+        let model = registry.resolve(&config.embedding.model)?;
+        let runtime = registry.resolve(&config.embedding.runtime)?;
+        if config.models.verify_checksums {
+            registry.verify(&config.embedding.model)?;
+            registry.verify(&config.embedding.runtime)?;
+        }
+        let embed_config = ragd_embed::EmbedConfig { batch_size: config.embedding.batch_size, threads: config.embedding.threads };
+        let runtime_lib = runtime.file("libonnxruntime.so");
+        let embedder = {
+            let model = model.clone();
+            tokio::task::spawn_blocking(move || OnnxEmbedder::load(&model, &runtime_lib, &embed_config)).await??
+        };
+        let chunker = Chunker::from_tokenizer_file(&model.file("tokenizer.json"), config.chunking.clone())?;
+        tracing::info!(model = %config.embedding.model, elapsed_ms = started.elapsed().as_millis() as u64, "embedder loaded");
+
+        let sparse = Bm25Encoder::new(&config.sparse)?;
+        let index = EdgeIndex::open(&config.data_dir.join("index"), config.index.edge.clone())?;
+        let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
+        let store = Store::connect(&StoreConfig {
+            url: config.store_url(),
+            max_connections: config.store.max_connections.unwrap_or(8),
+        })
+        .await?;
+        Ok(Self {
+            store,
+            blobs,
+            index: Arc::new(index),
+            embedder: Arc::new(embedder),
+            sparse: Arc::new(sparse),
+            chunker: Arc::new(chunker),
+            registry,
+        })
+    }
+
+    pub fn retriever(&self, config: &Config) -> Retriever {
+        Retriever::new(self.embedder.clone(), self.sparse.clone(), self.index.clone(), config.retrieval.clone())
+    }
+}
+
+async fn generator(config: &Config, registry: &ModelRegistry) -> anyhow::Result<Arc<dyn Generator>> {
+    if config.generation.backend == "openai" {
+        return Ok(Arc::new(OpenAiCompatible::new(config.generation.openai.clone())?));
+    }
+    let local = &config.generation.local;
+    let model = registry.resolve(&local.model)?;
+    if config.models.verify_checksums {
+        registry.verify(&local.model)?;
+    }
+    let local_config = LocalGgufConfig {
+        model_path: model.file("model.gguf"),
+        name: Some(local.model.clone()),
+        context_tokens: local.context_tokens,
+        repeat_penalty: local.repeat_penalty,
+        repeat_last_n: local.repeat_last_n,
+        requantize_slow_weights: local.requantize_slow_weights,
+    };
+    let generator = tokio::task::spawn_blocking(move || LocalGguf::load(&local_config)).await??;
+    Ok(Arc::new(generator))
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let engines = Engines::build(&config).await?;
+    let generator = generator(&config, &engines.registry).await?;
+
+    let shutdown = CancellationToken::new();
+    let workers = WorkerHandle::default();
+    let pipeline = Arc::new(IngestPipeline::new(
+        engines.store.clone(),
+        engines.blobs.clone(),
+        engines.chunker.clone(),
+        engines.embedder.clone(),
+        engines.sparse.clone(),
+        engines.index.clone(),
+        config.jobs.embed_batch_size,
+    ));
+    let host = hostname();
+    let mut tasks = Vec::new();
+    for n in 0..config.jobs.workers {
+        let worker = Worker::new(
+            format!("{host}/{}/{n}", std::process::id()),
+            engines.store.clone(),
+            pipeline.clone(),
+            config.jobs.clone(),
+            workers.clone(),
+        );
+        tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
+
+    let state = AppState::new(AppParts {
+        store: engines.store.clone(),
+        blobs: engines.blobs.clone(),
+        index: engines.index.clone(),
+        retriever: engines.retriever(&config),
+        generator,
+        workers,
+        embedder_model: engines.embedder.model().to_owned(),
+        dimensions: engines.embedder.dimensions(),
+        server: config.server.clone(),
+        answer: config.answer.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
+    // Tests and scripts read the bound address (port 0 picks one) from here.
+    println!("ragd listening on http://{address}");
+
+    let stop = shutdown.clone();
+    axum::serve(listener, ragd_server::router(state))
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        })
+        .await?;
+    shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}

@@ -1,0 +1,81 @@
+use reqwest::StatusCode;
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+
+use crate::helpers::{assert_problem, spawn_app};
+
+fn file(name: &str, body: &str, mime: &str) -> Part {
+    Part::bytes(body.as_bytes().to_vec()).file_name(name.to_owned()).mime_str(mime).unwrap()
+}
+
+#[tokio::test]
+async fn files_are_uploaded_parsed_and_searchable() {
+    let app = spawn_app().await;
+    let c = app.create_collection("files").await;
+    let markdown = "# Operations Guide\n\n## Backups\n\nNightly backups are written to the cold storage bucket at 02:00 UTC and kept for ninety days.\n";
+    let html = "<html><head><title>Office wiki</title><script>var tracking = 1;</script></head><body><nav>Home | About</nav><h1>Parking</h1><p>Visitors park in the underground garage on level minus two.</p></body></html>";
+    let form = Form::new()
+        .part("file", file("notes.txt", "The cafeteria serves lentil soup every Tuesday.", "text/plain"))
+        .part("file", file("guide.md", markdown, "text/markdown"))
+        .part("file", file("wiki.html", html, "text/html"));
+    let response = app.client.post(app.url(&format!("/v1/collections/{c}/documents"))).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.unwrap();
+    let documents = body["documents"].as_array().unwrap();
+    assert_eq!(documents.len(), 3, "{body}");
+    for document in documents {
+        assert_eq!(document["status"], "queued");
+        app.wait_ready(&c, document["id"].as_str().unwrap()).await;
+    }
+
+    let hits = app.search(&c, json!({"query": "when are backups taken", "top_k": 1})).await;
+    let hit = &hits["hits"][0];
+    assert_eq!(hit["title"], "guide");
+    assert_eq!(hit["heading_path"], "Operations Guide > Backups");
+
+    let hits = app.search(&c, json!({"query": "where do visitors park", "top_k": 1})).await;
+    let text = hits["hits"][0]["text"].as_str().unwrap();
+    assert!(text.contains("underground garage"), "{hits}");
+    assert!(!text.contains("tracking") && !text.contains("Home | About"), "boilerplate leaked: {text}");
+}
+
+#[tokio::test]
+async fn documents_are_listed_in_pages() {
+    let app = spawn_app().await;
+    let c = app.create_collection("paged").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.add_text(&c, &format!("note {i}"), &format!("Note number {i} about nothing."), json!({})).await);
+    }
+    let first: Value = app.get(&format!("/v1/collections/{c}/documents?limit=3")).await.json().await.unwrap();
+    let after = first["next_after"].as_str().unwrap().to_owned();
+    let second: Value = app.get(&format!("/v1/collections/{c}/documents?limit=3&after={after}")).await.json().await.unwrap();
+    let listed: Vec<String> = first["documents"].as_array().unwrap().iter().chain(second["documents"].as_array().unwrap())
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, ids, "pages list every document once, oldest first");
+    assert!(second["next_after"].is_null());
+}
+
+#[tokio::test]
+async fn deleting_a_document_removes_its_chunks_from_search() {
+    let app = spawn_app().await;
+    let c = app.create_collection("deletions").await;
+    let keep = app.add_text(&c, "Kept", "Glaciers carve U-shaped valleys as they move.", json!({})).await;
+    let gone = app.add_text(&c, "Deleted", "The zebra mussel is an invasive species in the Great Lakes.", json!({})).await;
+    app.wait_ready(&c, &keep).await;
+    app.wait_ready(&c, &gone).await;
+
+    let before = app.search(&c, json!({"query": "zebra mussel invasive", "top_k": 10})).await;
+    assert!(before["hits"].as_array().unwrap().iter().any(|h| h["document_id"] == gone.as_str()));
+
+    assert_eq!(app.delete(&format!("/v1/collections/{c}/documents/{gone}")).await.status(), StatusCode::NO_CONTENT);
+    assert_problem(app.get(&format!("/v1/collections/{c}/documents/{gone}")).await, StatusCode::NOT_FOUND).await;
+    let after = app.search(&c, json!({"query": "zebra mussel invasive", "top_k": 10})).await;
+    let hits = after["hits"].as_array().unwrap();
+    assert!(hits.iter().all(|h| h["document_id"] != gone.as_str()), "{after}");
+    assert!(hits.iter().any(|h| h["document_id"] == keep.as_str()));
+
+    let stats: Value = app.get(&format!("/v1/collections/{c}")).await.json().await.unwrap();
+    assert_eq!(stats["stats"]["point_count"], stats["stats"]["chunk_count"]);
+}

@@ -1,0 +1,170 @@
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// A running `ragd serve` with a fresh data directory; killed on drop.
+pub struct TestApp {
+    pub address: String,
+    pub client: Client,
+    pub data_dir: TempDir,
+    child: Child,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Starts the server with extra `RAGD_*` environment settings.
+pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
+    let root = repo_root();
+    let models = root.join("models");
+    assert!(
+        models.join("minilm-l6-onnx/model.onnx").exists(),
+        "model files are missing: run scripts/fetch-models first"
+    );
+    let data_dir = tempfile::Builder::new().prefix("ragd-test-").tempdir().expect("temp dir");
+    let log = std::fs::File::create(data_dir.path().join("server.log")).expect("log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ragd"));
+    command
+        .current_dir(&root)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir.path())
+        .env("RUST_LOG", "info")
+        // Checksums are verified by the setup script; skipping them here
+        // keeps server start fast.
+        .env("RAGD_MODELS__VERIFY_CHECKSUMS", "false")
+        .env("RAGD_JOBS__POLL_INTERVAL_MS", "100")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("spawn ragd");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let address = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(address) = line.strip_prefix("ragd listening on ") {
+                return address.to_owned();
+            }
+        }
+        let log = std::fs::read_to_string(data_dir.path().join("server.log")).unwrap_or_default();
+        panic!("ragd exited before listening; its log:\n{log}");
+    })
+    .await
+    .expect("ragd did not start within 120 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    TestApp { address, client: Client::new(), data_dir, child }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("request")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.client.delete(self.url(path)).send().await.expect("request")
+    }
+
+    pub async fn create_collection(&self, name: &str) -> String {
+        let response = self.post_json("/v1/collections", &json!({"name": name})).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn add_text(&self, collection: &str, title: &str, text: &str, metadata: Value) -> String {
+        let body = json!({"title": title, "text": text, "metadata": metadata});
+        let response = self.post_json(&format!("/v1/collections/{collection}/documents"), &body).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap());
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls until the document leaves `queued`/`processing`; returns it.
+    pub async fn wait_for_document(&self, collection: &str, document: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let response = self.get(&format!("/v1/collections/{collection}/documents/{document}")).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let body: Value = response.json().await.unwrap();
+            let status = body["status"].as_str().unwrap().to_owned();
+            if status == "ready" || status == "failed" {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "document {document} still {status} after 120 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self, collection: &str, document: &str) -> Value {
+        let body = self.wait_for_document(collection, document).await;
+        assert_eq!(body["status"], "ready", "document failed: {body}");
+        body
+    }
+
+    pub async fn search(&self, collection: &str, body: Value) -> Value {
+        let response = self.post_json(&format!("/v1/collections/{collection}/search"), &body).await;
+        assert_eq!(response.status(), StatusCode::OK, "{}", response.text().await.unwrap());
+        response.json().await.unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// A small corpus with one clear answer per topic.
+pub const CORPUS: &[(&str, &str)] = &[
+    ("Photosynthesis", "Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide to produce glucose and oxygen. It takes place in the chloroplasts, which contain the pigment chlorophyll."),
+    ("The Rust borrow checker", "Rust's borrow checker enforces that a value has either one mutable reference or any number of shared references at a time. This prevents data races at compile time without a garbage collector."),
+    ("Volcanoes", "A volcano is an opening in the Earth's crust through which molten rock called magma erupts as lava. Volcanic ash clouds can disrupt air travel for days."),
+    ("Sourdough bread", "Sourdough bread is leavened by a starter culture of wild yeast and lactic acid bacteria. The long fermentation gives the loaf its tangy flavour and open crumb."),
+];
+
+pub async fn seed_corpus(app: &TestApp, collection: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (i, (title, text)) in CORPUS.iter().enumerate() {
+        ids.push(app.add_text(collection, title, text, json!({"topic": i, "lang": "en"})).await);
+    }
+    for id in &ids {
+        app.wait_ready(collection, id).await;
+    }
+    ids
+}
+
+pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["type"].as_str().unwrap().starts_with("urn:ragd:problem:"), "{body}");
+    assert!(!body["detail"].as_str().unwrap().is_empty());
+    body
+}
