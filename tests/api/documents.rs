@@ -2,7 +2,7 @@ use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, spawn_app};
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
 
 fn file(name: &str, body: &str, mime: &str) -> Part {
     Part::bytes(body.as_bytes().to_vec()).file_name(name.to_owned()).mime_str(mime).unwrap()
@@ -41,7 +41,7 @@ async fn files_are_uploaded_parsed_and_searchable() {
 
 #[tokio::test]
 async fn documents_are_listed_in_pages() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(&[("RAGD_SERVER__MAX_PAGE_SIZE", "3")]).await;
     let c = app.create_collection("paged").await;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -55,6 +55,10 @@ async fn documents_are_listed_in_pages() {
         .collect();
     assert_eq!(listed, ids, "pages list every document once, oldest first");
     assert!(second["next_after"].is_null());
+
+    let over_limit = app.get(&format!("/v1/collections/{c}/documents?limit=4")).await;
+    let body = assert_problem(over_limit, StatusCode::BAD_REQUEST).await;
+    assert!(body["detail"].as_str().unwrap().contains("between 1 and 3"), "the environment sets the limit: {body}");
 }
 
 #[tokio::test]

@@ -7,5 +7,6 @@ mod helpers;
 mod collections;
 mod documents;
 mod errors;
+mod eval;
 mod query;
 mod search;

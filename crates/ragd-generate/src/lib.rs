@@ -1,7 +1,8 @@
 //! Text generation behind `ragd_core::Generator`: a local GGUF model on
 //! candle ([`LocalGguf`]) or any OpenAI-compatible chat API
-//! ([`OpenAiCompatible`]). This crate owns chat templating, the GGUF
-//! tokenizer, sampling, streaming and upstream retries.
+//! ([`OpenAiCompatible`]). This crate owns grounded prompts ([`prompt`]),
+//! chat templating, the GGUF tokenizer, sampling, streaming and upstream
+//! retries.
 //!
 //! Invariant: no retrieval, index, store or HTTP server dependency; it turns
 //! chat messages into streamed text and nothing else. No environment

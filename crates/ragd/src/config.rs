@@ -189,9 +189,7 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config
     }
     // Only variables naming a config section are config; others such as
     // RAGD_ADMIN_KEY have their own meaning.
-    let env = Env::prefixed("RAGD_")
-        .split("__")
-        .filter(|key| SECTIONS.iter().any(|s| key.as_str() == *s || key.as_str().starts_with(&format!("{s}."))));
+    let env = Env::prefixed("RAGD_").split("__").filter(|key| is_config_key(key.as_str()));
     let config: Config = figment
         .merge(env)
         .merge(Serialized::defaults(overrides))
@@ -199,6 +197,14 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config
         .context("invalid configuration")?;
     config.validate()?;
     Ok(config)
+}
+
+/// Whether `key` (an environment variable's name after the prefix, with
+/// `__` already turned into `.`; figment lowercases it only later) names a
+/// config section or key.
+fn is_config_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECTIONS.iter().any(|section| key == *section || key.starts_with(&format!("{section}.")))
 }
 
 impl Config {
@@ -230,6 +236,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_keys_are_recognised_in_any_case() {
+        for key in ["SERVER.LISTEN", "log.filter", "GENERATION.OPENAI.API_KEY", "DATA_DIR"] {
+            assert!(is_config_key(key), "{key}");
+        }
+        for key in ["ADMIN_KEY", "TEST_SKIP_POSTGRES", "SERVERX.LISTEN", "WHEEL_CACHE"] {
+            assert!(!is_config_key(key), "{key}");
+        }
+    }
 
     #[test]
     fn the_shipped_config_file_matches_the_defaults() {

@@ -2,6 +2,7 @@
 //! builds every engine from typed config and runs the server or a tool.
 
 mod config;
+mod eval;
 mod serve;
 
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Measure retrieval quality on a BEIR dataset (nDCG@10, Recall@10/100, MRR@10, latency).
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,10 +44,17 @@ fn main() -> anyhow::Result<()> {
             };
             let config = config::load(cli.config.as_deref(), &overrides)?;
             serve::init_tracing(&config.log)?;
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(serve::run(config))
+            runtime()?.block_on(serve::run(config))
+        }
+        Command::Eval(args) => {
+            let overrides = config::Overrides { data_dir: args.data_dir.clone(), server: None };
+            let config = config::load(cli.config.as_deref(), &overrides)?;
+            serve::init_tracing(&config.log)?;
+            runtime()?.block_on(eval::run(config, args))
         }
     }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }

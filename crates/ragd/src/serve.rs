@@ -84,6 +84,39 @@ impl Engines {
         })
     }
 
+    /// Starts `count` ingestion workers on this runtime; they stop when
+    /// `shutdown` is cancelled.
+    pub fn spawn_workers(
+        &self,
+        config: &Config,
+        count: usize,
+        handle: &WorkerHandle,
+        shutdown: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let pipeline = Arc::new(IngestPipeline::new(
+            self.store.clone(),
+            self.blobs.clone(),
+            self.chunker.clone(),
+            self.embedder.clone(),
+            self.sparse.clone(),
+            self.index.clone(),
+            config.jobs.embed_batch_size,
+        ));
+        let host = hostname();
+        (0..count)
+            .map(|n| {
+                let worker = Worker::new(
+                    format!("{host}/{}/{n}", std::process::id()),
+                    self.store.clone(),
+                    pipeline.clone(),
+                    config.jobs.clone(),
+                    handle.clone(),
+                );
+                tokio::spawn(worker.run(shutdown.clone()))
+            })
+            .collect()
+    }
+
     pub fn retriever(&self, config: &Config) -> Retriever {
         Retriever::new(self.embedder.clone(), self.sparse.clone(), self.index.clone(), config.retrieval.clone())
     }
@@ -116,27 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let workers = WorkerHandle::default();
-    let pipeline = Arc::new(IngestPipeline::new(
-        engines.store.clone(),
-        engines.blobs.clone(),
-        engines.chunker.clone(),
-        engines.embedder.clone(),
-        engines.sparse.clone(),
-        engines.index.clone(),
-        config.jobs.embed_batch_size,
-    ));
-    let host = hostname();
-    let mut tasks = Vec::new();
-    for n in 0..config.jobs.workers {
-        let worker = Worker::new(
-            format!("{host}/{}/{n}", std::process::id()),
-            engines.store.clone(),
-            pipeline.clone(),
-            config.jobs.clone(),
-            workers.clone(),
-        );
-        tasks.push(tokio::spawn(worker.run(shutdown.clone())));
-    }
+    let tasks = engines.spawn_workers(&config, config.jobs.workers, &workers, &shutdown);
 
     let state = AppState::new(AppParts {
         store: engines.store.clone(),

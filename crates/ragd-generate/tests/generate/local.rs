@@ -114,7 +114,7 @@ async fn dropping_the_stream_frees_the_model() {
     drop(stream);
     // The next request waits for the model; it gets it only if the dropped
     // generation stopped long before its 1000 tokens.
-    let next = tokio::time::timeout(Duration::from_secs(20), async {
+    let next = tokio::time::timeout(Duration::from_secs(60), async {
         model.stream(question("Hi", 1)).await.unwrap().collect::<Vec<_>>().await
     })
     .await

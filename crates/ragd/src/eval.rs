@@ -1,0 +1,230 @@
+//! `ragd eval`: retrieval quality on a BEIR dataset, through the same
+//! ingestion pipeline and query pipeline the server uses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use ragd_core::{CollectionIndexSpec, CollectionName, DocumentId, SearchMode, TenantId, TopK};
+use ragd_eval::{IngestSummary, Latency, Report};
+use ragd_jobs::WorkerHandle;
+use ragd_retrieve::SearchRequest;
+use ragd_store::{CollectionRecord, NewCollection, NewDocument};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::serve::Engines;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// A BEIR-format directory: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Which qrels to score against; tune on train, report test.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// dense, sparse, hybrid or all (hybrid+rerank needs a reranker, which
+    /// is not available yet).
+    #[arg(long, default_value = "hybrid")]
+    pub mode: String,
+    /// Reuse this collection (ingested by an earlier run) instead of
+    /// ingesting the corpus into a fresh one.
+    #[arg(long)]
+    pub collection: Option<String>,
+    /// Also write the report(s) as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Directory for all state, as for `ragd serve`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Ingestion workers.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+}
+
+const RANKING_DEPTH: usize = 100;
+
+fn modes(raw: &str) -> anyhow::Result<Vec<(&'static str, SearchMode)>> {
+    Ok(match raw {
+        "dense" => vec![("dense", SearchMode::Dense)],
+        "sparse" => vec![("sparse", SearchMode::Sparse)],
+        "hybrid" => vec![("hybrid", SearchMode::Hybrid)],
+        "all" => vec![("dense", SearchMode::Dense), ("sparse", SearchMode::Sparse), ("hybrid", SearchMode::Hybrid)],
+        "hybrid+rerank" => bail!("no reranker model is configured, so hybrid+rerank cannot run"),
+        other => bail!("unknown mode {other:?}: use dense, sparse, hybrid or all"),
+    })
+}
+
+pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
+    let modes = modes(&args.mode)?;
+    let dataset = ragd_eval::load(&args.dataset, &args.split)
+        .with_context(|| format!("loading {} ({} split)", args.dataset.display(), args.split))?;
+    let name = args
+        .dataset
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "dataset".to_owned());
+    eprintln!(
+        "{name} {}: {} documents, {} judged queries",
+        args.split,
+        dataset.corpus.len(),
+        dataset.queries.len()
+    );
+
+    let engines = Engines::build(&config).await?;
+    let tenant = TenantId::default_tenant();
+    let (collection, ingest) = match &args.collection {
+        Some(existing) => {
+            let found = engines.store.list_collections(&tenant).await?.into_iter().find(|c| c.name.as_str() == existing);
+            (found.with_context(|| format!("no collection named {existing:?}"))?, None)
+        }
+        None => {
+            let collection = create_collection(&engines, &tenant, &name).await?;
+            let summary = ingest_corpus(&engines, &config, &collection, &dataset.corpus, args.workers).await?;
+            (collection, Some(summary))
+        }
+    };
+    eprintln!("collection {} ({})", collection.name, collection.id);
+
+    let retriever = engines.retriever(&config);
+    let mut reports = Vec::new();
+    for (label, mode) in modes {
+        let mut runs = HashMap::new();
+        let mut encode = Vec::new();
+        let mut search = Vec::new();
+        let mut total = Vec::new();
+        for query in &dataset.queries {
+            let started = Instant::now();
+            let retrieved = retriever
+                .search(SearchRequest {
+                    tenant: tenant.clone(),
+                    collection: collection.id,
+                    query: query.text.clone(),
+                    top_k: TopK::new(RANKING_DEPTH)?,
+                    mode,
+                    filter: Default::default(),
+                    candidates: None,
+                    principals: None,
+                })
+                .await?;
+            total.push(started.elapsed());
+            encode.push(Duration::from_secs_f64(retrieved.timings.encode_ms / 1e3));
+            search.push(Duration::from_secs_f64(retrieved.timings.search_ms / 1e3));
+            // Chunks rank documents: a document's rank is that of its best chunk.
+            let ranked = ragd_eval::dedup_ranked(
+                retrieved.hits.iter().filter_map(|hit| hit.payload.metadata.get("beir_id")?.as_str().map(str::to_owned)),
+            );
+            runs.insert(query.id.clone(), ranked);
+        }
+        let mut stages = BTreeMap::new();
+        for (stage, samples) in [("encode", &encode), ("search", &search), ("total", &total)] {
+            if let Some(latency) = Latency::from_durations(samples) {
+                stages.insert(stage.to_owned(), latency);
+            }
+        }
+        let report = Report {
+            dataset: name.clone(),
+            split: args.split.clone(),
+            mode: label.to_owned(),
+            metrics: ragd_eval::evaluate(&dataset.qrels, &runs),
+            stages,
+            ingest: ingest.clone(),
+        };
+        println!("{}", ragd_eval::render_table(&report));
+        reports.push(report);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&reports)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn create_collection(engines: &Engines, tenant: &TenantId, dataset: &str) -> anyhow::Result<CollectionRecord> {
+    let slug: String =
+        dataset.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).take(40).collect();
+    let name = CollectionName::parse(&format!("eval-{slug}-{}", &DocumentId::new().to_string()[24..]))?;
+    let dimensions = ragd_core::Embedder::dimensions(engines.embedder.as_ref());
+    let collection = engines
+        .store
+        .create_collection(&NewCollection {
+            tenant: tenant.clone(),
+            name,
+            description: format!("ragd eval of {dataset}"),
+            embedder: ragd_core::Embedder::model(engines.embedder.as_ref()).to_owned(),
+            dimensions: dimensions as i64,
+        })
+        .await?;
+    engines.index.create_collection(&CollectionIndexSpec { collection: collection.id, dimensions }).await?;
+    Ok(collection)
+}
+
+/// Queues every corpus document as an upload would, then runs ingestion
+/// workers until none is left queued or processing.
+async fn ingest_corpus(
+    engines: &Engines,
+    config: &Config,
+    collection: &CollectionRecord,
+    corpus: &[ragd_eval::CorpusDoc],
+    workers: usize,
+) -> anyhow::Result<IngestSummary> {
+    let started = Instant::now();
+    let bar = ProgressBar::new(corpus.len() as u64).with_style(
+        ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")?.progress_chars("=> "),
+    );
+    bar.set_message("queueing");
+    for doc in corpus {
+        let mut metadata = Map::new();
+        metadata.insert("beir_id".to_owned(), Value::String(doc.id.clone()));
+        let content_hash = engines.blobs.put(doc.text.as_bytes()).await?;
+        engines
+            .store
+            .insert_document_with_job(&NewDocument {
+                id: DocumentId::new(),
+                collection: collection.id,
+                tenant: collection.tenant.clone(),
+                external_id: Some(doc.id.clone()),
+                title: doc.title.clone(),
+                source_name: None,
+                media_type: "text/plain".to_owned(),
+                content_hash,
+                size_bytes: doc.text.len() as i64,
+                metadata,
+                acl: Vec::new(),
+            })
+            .await?;
+        bar.inc(1);
+    }
+
+    bar.set_position(0);
+    bar.reset_eta();
+    bar.set_message("ingesting");
+    let shutdown = CancellationToken::new();
+    let handle = WorkerHandle::default();
+    let tasks = engines.spawn_workers(config, workers.max(1), &handle, &shutdown);
+    handle.job_queued();
+    let counts = loop {
+        let counts = engines.store.document_status_counts(collection.id).await?;
+        bar.set_position((counts.ready + counts.failed) as u64);
+        if counts.queued + counts.processing == 0 {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "ingested {} documents ({} failed) into {} chunks in {seconds:.1} s",
+        counts.ready, counts.failed, counts.chunks
+    );
+    Ok(IngestSummary { documents: counts.ready as usize, chunks: counts.chunks as usize, seconds })
+}
