@@ -4,9 +4,11 @@
 
 mod helpers;
 
+mod bulk;
 mod collections;
 mod documents;
 mod errors;
 mod eval;
+mod openai;
 mod query;
 mod search;

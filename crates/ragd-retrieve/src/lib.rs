@@ -117,6 +117,10 @@ impl Retriever {
         &self.index
     }
 
+    pub fn embedder(&self) -> &Arc<dyn Embedder> {
+        &self.embedder
+    }
+
     pub async fn search(&self, request: SearchRequest) -> Result<Retrieved> {
         let query = request.query.trim().to_owned();
         if query.is_empty() {

@@ -7,6 +7,7 @@
 
 mod error;
 mod extract;
+mod rag;
 mod routes;
 mod state;
 mod wire;

@@ -14,7 +14,8 @@ use serde::Deserialize;
 pub struct ServerConfig {
     /// Address the API listens on; port 0 picks a free port.
     pub listen: String,
-    /// Largest request body accepted, in bytes (uploads included).
+    /// Largest JSON or multipart request body, in bytes. NDJSON bulk uploads
+    /// are streamed and bounded per line by `max_document_bytes` instead.
     pub max_body_bytes: usize,
     /// Largest single uploaded document, in bytes.
     pub max_document_bytes: usize,

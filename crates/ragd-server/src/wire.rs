@@ -1,7 +1,7 @@
 //! Wire types: the JSON shapes of the API, converted from engine types here.
 
 use ragd_core::IndexHit;
-use ragd_store::{CollectionRecord, DocumentRecord, StatusCounts};
+use ragd_store::{AddOutcome, BatchRecord, CollectionRecord, DocumentRecord, StatusCounts};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -84,10 +84,16 @@ pub struct DocumentView {
     pub failure: Option<String>,
     pub version: i64,
     pub chunk_count: i64,
+    /// The batch that queued the current version, if any.
+    pub batch_id: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// Set on an upload answered with the document that already held its
+    /// content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
 }
 
 impl From<&DocumentRecord> for DocumentView {
@@ -106,9 +112,114 @@ impl From<&DocumentRecord> for DocumentView {
             failure: d.failure.clone(),
             version: d.version,
             chunk_count: d.chunk_count,
+            batch_id: d.batch.map(|id| id.to_string()),
             created_at: timestamp(d.created_at),
             updated_at: timestamp(d.updated_at),
             job_id: None,
+            duplicate: None,
+        }
+    }
+}
+
+impl From<&AddOutcome> for DocumentView {
+    fn from(outcome: &AddOutcome) -> Self {
+        match outcome {
+            AddOutcome::Created { record, job } | AddOutcome::NewVersion { record, job } => {
+                Self { job_id: Some(job.to_string()), ..Self::from(record) }
+            }
+            AddOutcome::Duplicate(existing) => Self { duplicate: Some(true), ..Self::from(existing) },
+        }
+    }
+}
+
+/// The answer to an NDJSON upload. `accepted` entries were queued (new
+/// documents or new versions), `duplicates` were already in the collection,
+/// `rejected_count` were invalid; the `documents` and `rejected` lists are
+/// capped, and their `*_truncated` flags say when they were.
+#[derive(Serialize)]
+pub struct BulkAddView {
+    pub batch_id: String,
+    pub accepted: i64,
+    pub duplicates: i64,
+    pub rejected_count: i64,
+    pub rejected: Vec<RejectedLine>,
+    pub rejected_truncated: bool,
+    pub documents: Vec<BulkDocumentView>,
+    pub documents_truncated: bool,
+}
+
+#[derive(Serialize)]
+pub struct RejectedLine {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// What became of one line: `queued` (a new document, or a new `version`
+/// of the document with its `external_id`) or `duplicate` (`id` and
+/// `duplicate_of` name the document that already holds the content).
+#[derive(Serialize)]
+pub struct BulkDocumentView {
+    pub line: usize,
+    pub id: String,
+    pub external_id: Option<String>,
+    pub status: &'static str,
+    pub version: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
+}
+
+impl BulkDocumentView {
+    pub fn new(line: usize, outcome: &AddOutcome) -> Self {
+        let (record, status, duplicate_of) = match outcome {
+            AddOutcome::Created { record, .. } | AddOutcome::NewVersion { record, .. } => {
+                (record, record.status.as_str(), None)
+            }
+            AddOutcome::Duplicate(existing) => (existing, "duplicate", Some(existing.id.to_string())),
+        };
+        Self {
+            line,
+            id: record.id.to_string(),
+            external_id: record.external_id.clone(),
+            status,
+            version: record.version,
+            duplicate_of,
+        }
+    }
+}
+
+/// A batch with the statuses of its documents. `progress` is the share of
+/// them that finished (ready or failed); `done` is true once none is
+/// waiting or being processed.
+#[derive(Serialize)]
+pub struct BatchView {
+    pub id: String,
+    pub collection_id: String,
+    pub accepted: i64,
+    pub duplicates: i64,
+    pub rejected: i64,
+    pub documents: DocumentCounts,
+    pub progress: f64,
+    pub done: bool,
+    pub created_at: String,
+}
+
+impl BatchView {
+    pub fn new(batch: &BatchRecord, counts: &StatusCounts) -> Self {
+        let documents = DocumentCounts::from(counts);
+        let finished = documents.ready + documents.failed;
+        // Documents leave a batch when a later upload versions them or they
+        // are deleted, so progress is counted over those still in it.
+        let progress = if documents.total == 0 { 1.0 } else { finished as f64 / documents.total as f64 };
+        Self {
+            id: batch.id.to_string(),
+            collection_id: batch.collection.to_string(),
+            accepted: batch.accepted,
+            duplicates: batch.duplicates,
+            rejected: batch.rejected,
+            done: documents.queued + documents.processing == 0,
+            documents,
+            progress,
+            created_at: timestamp(batch.created_at),
         }
     }
 }

@@ -1,11 +1,12 @@
 use ragd_core::{CollectionId, ContentHash, DocumentId, DocumentStatus, JobId, TenantId};
 use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
+use crate::batches::BatchId;
 use crate::error::{Error, Result};
 use crate::jobs::{JobState, INGEST_JOB_KIND};
-use crate::store::{column, is_unique_violation, now_ms, Store};
+use crate::store::{column, now_ms, Backend, Store};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDocument {
@@ -41,9 +42,23 @@ pub struct DocumentRecord {
     /// Starts at 1; the version whose chunks are in the index once ready.
     pub version: i64,
     pub chunk_count: i64,
+    /// The batch that queued the current version, when it came in one.
+    pub batch: Option<BatchId>,
     /// Unix milliseconds.
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// What adding a document did (see [`Store::insert_documents_with_jobs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AddOutcome {
+    /// A new document, queued with its ingest job.
+    Created { record: DocumentRecord, job: JobId },
+    /// The document with the same external id got the new content as its
+    /// next version, queued with its ingest job.
+    NewVersion { record: DocumentRecord, job: JobId },
+    /// The content is already in the collection: nothing was stored.
+    Duplicate(DocumentRecord),
 }
 
 /// How many documents of a collection are in each status, and how many
@@ -59,7 +74,7 @@ pub struct StatusCounts {
 
 const COLUMNS: &str = "id, collection_id, tenant, external_id, title, source_name, media_type, \
                        content_hash, size_bytes, metadata, acl, status, failure, version, \
-                       chunk_count, created_at, updated_at";
+                       chunk_count, batch_id, created_at, updated_at";
 
 impl DocumentRecord {
     fn from_row(row: &AnyRow) -> Result<Self> {
@@ -79,6 +94,13 @@ impl DocumentRecord {
             failure: row.try_get("failure")?,
             version: row.try_get("version")?,
             chunk_count: row.try_get("chunk_count")?,
+            batch: row
+                .try_get::<Option<String>, _>("batch_id")?
+                .map(|raw| {
+                    raw.parse()
+                        .map_err(|err| Error::corrupt(format_args!("column batch_id: {err}")))
+                })
+                .transpose()?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
@@ -100,17 +122,138 @@ impl Store {
         new: &NewDocument,
     ) -> Result<(DocumentRecord, JobId)> {
         let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let created = self.insert_row_and_job(&mut tx, new, None, now).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Adds each document in turn, all in one transaction (a failure adds
+    /// none), tagging what it queues with `batch`:
+    /// - a document whose `external_id` is already in the collection becomes
+    ///   the next version of that document, unless the content is the same
+    ///   and that document has not failed: then it is a duplicate;
+    /// - otherwise a document whose content is already in the collection,
+    ///   in a document that has not failed, is a duplicate;
+    /// - otherwise it is inserted.
+    ///
+    /// Earlier documents of the slice count as already in the collection.
+    /// Adders of the same collection are serialised, so concurrent uploads
+    /// of the same content or external id cannot both insert. Fails with
+    /// NotFound when a collection does not exist for its tenant, and with
+    /// Conflict when a new document's id is taken.
+    #[tracing::instrument(
+        name = "store.insert_documents_with_jobs",
+        skip_all,
+        fields(documents = documents.len(), batch = ?batch.map(|id| id.to_string()))
+    )]
+    pub async fn insert_documents_with_jobs(
+        &self,
+        batch: Option<BatchId>,
+        documents: &[NewDocument],
+    ) -> Result<Vec<AddOutcome>> {
+        if documents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let mut scopes: Vec<(CollectionId, &TenantId)> =
+            documents.iter().map(|new| (new.collection, &new.tenant)).collect();
+        // One order for every adder, so that PostgreSQL row locks taken for
+        // several collections cannot deadlock.
+        scopes.sort_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())));
+        scopes.dedup();
+        for (collection, tenant) in scopes {
+            self.lock_collection(&mut tx, collection, tenant).await?;
+        }
+        let mut outcomes = Vec::with_capacity(documents.len());
+        for new in documents {
+            let outcome = match find_match(&mut tx, new).await? {
+                Match::Duplicate(existing) => AddOutcome::Duplicate(*existing),
+                Match::NextVersion(existing) => {
+                    let (record, job) =
+                        self.replace_content(&mut tx, existing, new, batch, now).await?;
+                    AddOutcome::NewVersion { record, job }
+                }
+                Match::None => {
+                    let (record, job) = self.insert_row_and_job(&mut tx, new, batch, now).await?;
+                    AddOutcome::Created { record, job }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Makes `new` the next version of the stored document `new.id`: its
+    /// content and fields replace the stored ones, the version goes up by
+    /// one and the document is queued again with a new ingest job, in one
+    /// transaction. Its queued jobs are cancelled (they would process the
+    /// same content); a running one finishes, and the new job waits for it
+    /// (see [`Store::claim_job`]). The old version stays searchable until
+    /// the new one is indexed. Fails with NotFound when the document is not
+    /// in `new.collection` of `new.tenant`.
+    #[tracing::instrument(
+        name = "store.new_document_version",
+        skip_all,
+        fields(collection = %new.collection, document = %new.id)
+    )]
+    pub async fn new_document_version(
+        &self,
+        new: &NewDocument,
+        batch: Option<BatchId>,
+    ) -> Result<(DocumentRecord, JobId)> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        self.lock_collection(&mut tx, new.collection, &new.tenant).await?;
+        let replaced = self.replace_content(&mut tx, new.id, new, batch, now).await?;
+        tx.commit().await?;
+        Ok(replaced)
+    }
+
+    /// Checks that the collection exists for the tenant and, on PostgreSQL,
+    /// locks its row until the transaction ends (SQLite's write lock is
+    /// already held, see [`Store::begin_write`]).
+    async fn lock_collection(
+        &self,
+        conn: &mut AnyConnection,
+        collection: CollectionId,
+        tenant: &TenantId,
+    ) -> Result<()> {
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            // Weaker than FOR UPDATE: it does not block the foreign key
+            // checks of plain document inserts.
+            Backend::Postgres => " FOR NO KEY UPDATE",
+        };
+        let sql = format!("SELECT id FROM collections WHERE id = $1 AND tenant = $2{lock}");
+        sqlx::query(&sql)
+            .bind(collection.to_string())
+            .bind(tenant.as_str())
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("collection {collection}")))?;
+        Ok(())
+    }
+
+    async fn insert_row_and_job(
+        &self,
+        conn: &mut AnyConnection,
+        new: &NewDocument,
+        batch: Option<BatchId>,
+        now: i64,
+    ) -> Result<(DocumentRecord, JobId)> {
         let metadata = Value::Object(new.metadata.clone()).to_string();
         let acl = serde_json::json!(new.acl).to_string();
-        let mut tx = self.pool.begin().await?;
         // Selecting from collections makes the insert a no-op unless the
         // collection belongs to the tenant.
         let inserted = sqlx::query(
             "INSERT INTO documents (id, collection_id, tenant, external_id, title, source_name, \
              media_type, content_hash, size_bytes, metadata, acl, status, failure, version, \
-             chunk_count, created_at, updated_at) \
-             SELECT $1, id, tenant, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, 1, 0, $11, $11 \
-             FROM collections WHERE id = $12 AND tenant = $13",
+             chunk_count, batch_id, created_at, updated_at) \
+             SELECT $1, id, tenant, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, 1, 0, $11, $12, $12 \
+             FROM collections WHERE id = $13 AND tenant = $14",
         )
         .bind(new.id.to_string())
         .bind(new.external_id.as_deref())
@@ -122,30 +265,18 @@ impl Store {
         .bind(&metadata)
         .bind(&acl)
         .bind(DocumentStatus::Queued.as_str())
+        .bind(batch.map(|id| id.to_string()))
         .bind(now)
         .bind(new.collection.to_string())
         .bind(new.tenant.as_str())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
-        .map_err(|err| {
-            if is_unique_violation(&err) {
-                Error::Conflict(format!("document {} already exists", new.id))
-            } else {
-                Error::Database(err)
-            }
-        })?
+        .map_err(|err| Error::conflict_or_database(err, format_args!("document {}", new.id)))?
         .rows_affected();
         if inserted == 0 {
             return Err(Error::NotFound(format!("collection {}", new.collection)));
         }
-        let payload = serde_json::json!({
-            "document": new.id.to_string(),
-            "collection": new.collection.to_string(),
-        });
-        let job = self
-            .enqueue(&mut tx, INGEST_JOB_KIND, &payload, Some(new.id), Some(new.collection), now)
-            .await?;
-        tx.commit().await?;
+        let job = self.enqueue_ingest(conn, new.id, new.collection, now).await?;
         let record = DocumentRecord {
             id: new.id,
             collection: new.collection,
@@ -162,10 +293,76 @@ impl Store {
             failure: None,
             version: 1,
             chunk_count: 0,
+            batch,
             created_at: now,
             updated_at: now,
         };
         Ok((record, job))
+    }
+
+    /// Replaces the content of document `id` with `new`'s; the external id
+    /// and the chunk count (of the version still in the index) are kept.
+    async fn replace_content(
+        &self,
+        conn: &mut AnyConnection,
+        id: DocumentId,
+        new: &NewDocument,
+        batch: Option<BatchId>,
+        now: i64,
+    ) -> Result<(DocumentRecord, JobId)> {
+        let sql = format!(
+            "UPDATE documents SET title = $1, source_name = $2, media_type = $3, \
+             content_hash = $4, size_bytes = $5, metadata = $6, acl = $7, status = $8, \
+             failure = NULL, version = version + 1, batch_id = $9, updated_at = $10 \
+             WHERE id = $11 AND collection_id = $12 AND tenant = $13 RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&new.title)
+            .bind(new.source_name.as_deref())
+            .bind(&new.media_type)
+            .bind(new.content_hash.as_str())
+            .bind(new.size_bytes)
+            .bind(Value::Object(new.metadata.clone()).to_string())
+            .bind(serde_json::json!(new.acl).to_string())
+            .bind(DocumentStatus::Queued.as_str())
+            .bind(batch.map(|id| id.to_string()))
+            .bind(now)
+            .bind(id.to_string())
+            .bind(new.collection.to_string())
+            .bind(new.tenant.as_str())
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("document {id}")))?;
+        let record = DocumentRecord::from_row(&row)?;
+        let cancelled = sqlx::query(
+            "UPDATE jobs SET state = $1, lease_until = NULL, \
+             error = 'superseded by a newer version', updated_at = $2 \
+             WHERE document_id = $3 AND state = $4",
+        )
+        .bind(JobState::Cancelled.as_str())
+        .bind(now)
+        .bind(id.to_string())
+        .bind(JobState::Queued.as_str())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        let job = self.enqueue_ingest(conn, id, new.collection, now).await?;
+        tracing::debug!(document = %id, version = record.version, cancelled_jobs = cancelled, "new document version queued");
+        Ok((record, job))
+    }
+
+    async fn enqueue_ingest(
+        &self,
+        conn: &mut AnyConnection,
+        document: DocumentId,
+        collection: CollectionId,
+        now: i64,
+    ) -> Result<JobId> {
+        let payload = serde_json::json!({
+            "document": document.to_string(),
+            "collection": collection.to_string(),
+        });
+        self.enqueue(conn, INGEST_JOB_KIND, &payload, Some(document), Some(collection), now).await
     }
 
     #[tracing::instrument(
@@ -271,7 +468,8 @@ impl Store {
     }
 
     /// Records that `version` of the document is in the index with
-    /// `chunk_count` chunks.
+    /// `chunk_count` chunks; does nothing when a newer version has been
+    /// queued since. Fails with NotFound when the document is gone.
     #[tracing::instrument(
         name = "store.mark_document_ready",
         skip_all,
@@ -283,9 +481,11 @@ impl Store {
         version: i64,
         chunk_count: i64,
     ) -> Result<()> {
+        // A job of an older version that finishes after a newer version was
+        // queued must not publish over it: the newer version's job follows.
         let updated = sqlx::query(
             "UPDATE documents SET status = $1, failure = NULL, version = $2, chunk_count = $3, \
-             updated_at = $4 WHERE id = $5",
+             updated_at = $4 WHERE id = $5 AND version <= $2",
         )
         .bind(DocumentStatus::Ready.as_str())
         .bind(version)
@@ -295,7 +495,21 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        found(updated, id)
+        if updated > 0 {
+            return Ok(());
+        }
+        let current = sqlx::query("SELECT version FROM documents WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        match current {
+            Some(row) => {
+                let current: i64 = row.try_get("version")?;
+                tracing::info!(current, "a newer version is queued; this one is not published");
+                Ok(())
+            }
+            None => Err(Error::NotFound(format!("document {id}"))),
+        }
     }
 
     /// `reason` is shown to API callers: it must not carry internals.
@@ -320,16 +534,20 @@ impl Store {
 
     #[tracing::instrument(name = "store.document_status_counts", skip_all, fields(%collection))]
     pub async fn document_status_counts(&self, collection: CollectionId) -> Result<StatusCounts> {
+        self.status_counts("collection_id", &collection.to_string()).await
+    }
+
+    /// Counts the documents whose `key` column (a trusted column name)
+    /// equals `value`.
+    pub(crate) async fn status_counts(&self, key: &str, value: &str) -> Result<StatusCounts> {
         // SUM of a BIGINT is NUMERIC on PostgreSQL, which the Any driver
         // cannot decode: cast it back.
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT status, COUNT(*) AS documents, \
              CAST(COALESCE(SUM(chunk_count), 0) AS BIGINT) AS chunks \
-             FROM documents WHERE collection_id = $1 GROUP BY status",
-        )
-        .bind(collection.to_string())
-        .fetch_all(&self.pool)
-        .await?;
+             FROM documents WHERE {key} = $1 GROUP BY status"
+        );
+        let rows = sqlx::query(&sql).bind(value).fetch_all(&self.pool).await?;
         let mut counts = StatusCounts::default();
         for row in &rows {
             let documents: i64 = row.try_get("documents")?;
@@ -345,6 +563,54 @@ impl Store {
             }
         }
         Ok(counts)
+    }
+}
+
+/// What an added document is, given what the collection holds.
+enum Match {
+    Duplicate(Box<DocumentRecord>),
+    /// The id of the document that gets the content as its next version.
+    NextVersion(DocumentId),
+    None,
+}
+
+async fn find_match(conn: &mut AnyConnection, new: &NewDocument) -> Result<Match> {
+    if let Some(external_id) = &new.external_id {
+        // The oldest, should rows from before external ids were matched
+        // share one.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM documents WHERE collection_id = $1 AND external_id = $2 \
+             ORDER BY id LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(new.collection.to_string())
+            .bind(external_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(row) = row {
+            let existing = DocumentRecord::from_row(&row)?;
+            // Uploading a failed document again retries it, even unchanged.
+            if existing.content_hash == new.content_hash
+                && existing.status != DocumentStatus::Failed
+            {
+                return Ok(Match::Duplicate(Box::new(existing)));
+            }
+            return Ok(Match::NextVersion(existing.id));
+        }
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM documents WHERE collection_id = $1 AND content_hash = $2 \
+         AND status <> $3 ORDER BY id LIMIT 1"
+    );
+    let row = sqlx::query(&sql)
+        .bind(new.collection.to_string())
+        .bind(new.content_hash.as_str())
+        .bind(DocumentStatus::Failed.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(row) => Ok(Match::Duplicate(Box::new(DocumentRecord::from_row(&row)?))),
+        None => Ok(Match::None),
     }
 }
 

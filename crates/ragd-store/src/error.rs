@@ -26,6 +26,16 @@ impl Error {
     pub(crate) fn corrupt(what: impl std::fmt::Display) -> Self {
         Self::Corrupt(what.to_string())
     }
+
+    /// Conflict when `err` is a unique violation (of `what`'s key),
+    /// otherwise a database error.
+    pub(crate) fn conflict_or_database(err: sqlx::Error, what: impl std::fmt::Display) -> Self {
+        if crate::store::is_unique_violation(&err) {
+            Self::Conflict(format!("{what} already exists"))
+        } else {
+            Self::Database(err)
+        }
+    }
 }
 
 impl From<Error> for ragd_core::Error {

@@ -134,7 +134,8 @@ impl Store {
     }
 
     /// Claims the oldest job of one of `kinds` that is queued and due, or
-    /// running with an expired lease and attempts left, for `lease`. Each
+    /// running with an expired lease and attempts left, for `lease`, unless
+    /// another job of the same document is running under a live lease. Each
     /// job goes to exactly one claimer, on both engines; `worker` must be
     /// unique per claiming task.
     #[tracing::instrument(name = "store.claim_job", skip_all, fields(worker, ?kinds))]
@@ -157,13 +158,21 @@ impl Store {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         };
+        // A job waits while another job of its document runs under a live
+        // lease: two versions of a document ingested at once would each drop
+        // the other's points when they publish.
         let sql = format!(
             "UPDATE jobs SET state = $1, worker = $2, lease_until = $3, attempts = attempts + 1, \
              updated_at = $4 \
-             WHERE id = (SELECT id FROM jobs WHERE kind IN ({kinds}) \
-               AND ((state = $5 AND run_after <= $4) \
-                 OR (state = $1 AND lease_until < $4 AND attempts < max_attempts)) \
-               ORDER BY id LIMIT 1{lock}) \
+             WHERE id = (SELECT candidate.id FROM jobs AS candidate \
+               WHERE candidate.kind IN ({kinds}) \
+               AND ((candidate.state = $5 AND candidate.run_after <= $4) \
+                 OR (candidate.state = $1 AND candidate.lease_until < $4 \
+                   AND candidate.attempts < candidate.max_attempts)) \
+               AND NOT EXISTS (SELECT 1 FROM jobs AS busy \
+                 WHERE busy.document_id = candidate.document_id AND busy.id <> candidate.id \
+                   AND busy.state = $1 AND busy.lease_until >= $4) \
+               ORDER BY candidate.id LIMIT 1{lock}) \
              RETURNING {COLUMNS}",
             kinds = placeholders(6, kinds.len()),
         );

@@ -1,12 +1,14 @@
 //! All of ragd's persistent metadata and original bytes: the SQL schema and
-//! every query (collections, documents, the durable job queue and its
-//! leases), for SQLite and PostgreSQL through one code path, plus the
-//! content-addressed blob store on the local filesystem.
+//! every query (collections, documents with their versions, upload batches,
+//! the durable job queue and its leases), for SQLite and PostgreSQL through
+//! one code path, plus the content-addressed blob store on the local
+//! filesystem.
 //!
 //! Invariant: no other crate writes SQL; this one knows nothing of HTTP,
 //! embedding, chunking or the vector index (it must never depend on axum,
 //! ragd-embed, ragd-index or ragd-ingest).
 
+mod batches;
 mod blob;
 mod collections;
 mod documents;
@@ -14,9 +16,10 @@ mod error;
 mod jobs;
 mod store;
 
+pub use batches::{BatchId, BatchRecord, NewBatch};
 pub use blob::BlobStore;
 pub use collections::{CollectionRecord, NewCollection};
-pub use documents::{DocumentRecord, NewDocument, StatusCounts};
+pub use documents::{AddOutcome, DocumentRecord, NewDocument, StatusCounts};
 pub use error::{Error, Result};
 pub use jobs::{JobRecord, JobState, INGEST_JOB_KIND};
 pub use store::{Backend, QueuePolicy, Store, StoreConfig};

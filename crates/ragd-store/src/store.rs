@@ -6,7 +6,7 @@ use serde::Deserialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use crate::error::{Error, Result};
 
@@ -144,6 +144,17 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// A transaction that holds the database's write lock from its start on
+    /// SQLite. A deferred transaction that reads before it writes fails
+    /// (instead of waiting) when another connection committed a write in
+    /// between, which the workers do all the time.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Waits for the connections in use to be returned, then closes them all.

@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use ragd_core::{CollectionId, CollectionName, ContentHash, DocumentId, DocumentStatus, TenantId};
 use ragd_store::{
-    Backend, BlobStore, CollectionRecord, Error, JobState, NewCollection, NewDocument, QueuePolicy,
-    Store, StoreConfig, INGEST_JOB_KIND,
+    AddOutcome, Backend, BatchId, BlobStore, CollectionRecord, DocumentRecord, Error, JobState,
+    NewBatch, NewCollection, NewDocument, QueuePolicy, Store, StoreConfig, INGEST_JOB_KIND,
 };
 use sqlx::{Connection, Executor};
 
@@ -112,6 +112,12 @@ on_both_engines!(
     failed_job_is_retried_until_max_attempts,
     deleting_a_document_cancels_its_job,
     deleting_a_collection_removes_documents_and_cancels_jobs,
+    batch_records_counts_and_tags_its_documents,
+    same_content_is_a_duplicate,
+    same_external_id_makes_a_new_version,
+    new_version_waits_for_the_running_job_of_its_document,
+    a_failed_group_adds_nothing,
+    concurrent_uploads_of_the_same_content_create_one_document,
 );
 
 fn tenant(name: &str) -> TenantId {
@@ -537,4 +543,304 @@ async fn sqlite_file_survives_reopening() {
     let store = Store::connect(&config).await.expect("reconnect, migrations already applied");
     assert_eq!(store.list_collections(&tenant("acme")).await.expect("list"), vec![created]);
     store.close().await;
+}
+
+/// A document of `docs` whose content is `text`.
+fn with_content(docs: &CollectionRecord, text: &str, external_id: Option<&str>) -> NewDocument {
+    let mut new = new_document(docs, text);
+    new.external_id = external_id.map(str::to_owned);
+    new.content_hash = ContentHash::of(text.as_bytes());
+    new
+}
+
+fn created(outcome: &AddOutcome) -> (&DocumentRecord, ragd_core::JobId) {
+    match outcome {
+        AddOutcome::Created { record, job } => (record, *job),
+        other => panic!("expected a new document, got {other:?}"),
+    }
+}
+
+fn new_version(outcome: &AddOutcome) -> (&DocumentRecord, ragd_core::JobId) {
+    match outcome {
+        AddOutcome::NewVersion { record, job } => (record, *job),
+        other => panic!("expected a new version, got {other:?}"),
+    }
+}
+
+fn duplicate(outcome: &AddOutcome) -> &DocumentRecord {
+    match outcome {
+        AddOutcome::Duplicate(existing) => existing,
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+}
+
+async fn batch_records_counts_and_tags_its_documents(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let batch = BatchId::new();
+    let news: Vec<NewDocument> =
+        (0..3).map(|i| with_content(&docs, &format!("text {i}"), None)).collect();
+    let outcomes = store.insert_documents_with_jobs(Some(batch), &news).await.expect("insert");
+    assert_eq!(outcomes.len(), 3);
+    let mut ids = Vec::new();
+    for (outcome, new) in outcomes.iter().zip(&news) {
+        let (record, job) = created(outcome);
+        assert_eq!((record.id, record.batch, record.version), (new.id, Some(batch), 1));
+        assert_eq!(store.get_document(docs.id, new.id).await.expect("get"), *record);
+        assert_eq!(store.get_job(job).await.expect("job").state, JobState::Queued);
+        ids.push(record.id);
+    }
+    assert_eq!(store.pending_job_count().await.expect("count"), 3);
+    let single =
+        store.insert_document_with_job(&new_document(&docs, "single")).await.expect("insert");
+    assert_eq!(single.0.batch, None);
+
+    let new = NewBatch {
+        id: batch,
+        collection: docs.id,
+        tenant: docs.tenant.clone(),
+        accepted: 3,
+        duplicates: 0,
+        rejected: 2,
+    };
+    let record = store.create_batch(&new).await.expect("create batch");
+    assert_eq!(
+        (record.id, record.collection, record.accepted, record.rejected),
+        (batch, docs.id, 3, 2)
+    );
+    assert_eq!(store.get_batch(&docs.tenant, batch).await.expect("get batch"), record);
+    let again = store.create_batch(&new).await;
+    assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
+    let foreign = store.get_batch(&tenant("globex"), batch).await;
+    assert!(matches!(foreign, Err(Error::NotFound(_))), "{foreign:?}");
+    let unknown = store.get_batch(&docs.tenant, BatchId::new()).await;
+    assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
+    let orphan = store
+        .create_batch(&NewBatch {
+            id: BatchId::new(),
+            collection: CollectionId::new(),
+            ..new.clone()
+        })
+        .await;
+    assert!(matches!(orphan, Err(Error::NotFound(_))), "{orphan:?}");
+
+    store.mark_document_processing(ids[0]).await.expect("processing");
+    store.mark_document_ready(ids[1], 1, 4).await.expect("ready");
+    store.mark_document_failed(ids[2], "no text").await.expect("failed");
+    let counts = store.batch_status_counts(batch).await.expect("counts");
+    assert_eq!(
+        (counts.queued, counts.processing, counts.ready, counts.failed, counts.chunks),
+        (0, 1, 1, 1, 4)
+    );
+    assert_eq!(store.batch_status_counts(BatchId::new()).await.expect("counts").queued, 0);
+
+    // Deleting the collection takes its batches along.
+    store.delete_collection(&docs.tenant, docs.id).await.expect("delete");
+    let gone = store.get_batch(&docs.tenant, batch).await;
+    assert!(matches!(gone, Err(Error::NotFound(_))), "{gone:?}");
+}
+
+async fn same_content_is_a_duplicate(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let other = collection(&store, "other").await;
+    let (first, _) =
+        store.insert_document_with_job(&with_content(&docs, "alpha", None)).await.expect("insert");
+
+    // Against the stored documents and against earlier ones of the slice;
+    // a new external id does not make equal content new.
+    let slice = [
+        with_content(&docs, "alpha", None),
+        with_content(&docs, "beta", None),
+        with_content(&docs, "beta", Some("b-2")),
+        with_content(&other, "alpha", None),
+    ];
+    let outcomes = store.insert_documents_with_jobs(None, &slice).await.expect("insert");
+    assert_eq!(duplicate(&outcomes[0]), &first);
+    let (beta, _) = created(&outcomes[1]);
+    assert_eq!(duplicate(&outcomes[2]).id, beta.id);
+    created(&outcomes[3]);
+    for new in [&slice[0], &slice[2]] {
+        let absent = store.get_document(docs.id, new.id).await;
+        assert!(matches!(absent, Err(Error::NotFound(_))), "{absent:?}");
+    }
+    assert_eq!(store.pending_job_count().await.expect("count"), 3);
+
+    // A failed document does not count: its content can be uploaded anew.
+    store.mark_document_failed(first.id, "parse error").await.expect("failed");
+    let outcomes = store
+        .insert_documents_with_jobs(None, &[with_content(&docs, "alpha", None)])
+        .await
+        .expect("insert");
+    assert_ne!(created(&outcomes[0]).0.id, first.id);
+    // A deleted one neither.
+    store.delete_document(docs.id, beta.id).await.expect("delete");
+    let outcomes = store
+        .insert_documents_with_jobs(None, &[with_content(&docs, "beta", None)])
+        .await
+        .expect("insert");
+    created(&outcomes[0]);
+    assert!(store.insert_documents_with_jobs(None, &[]).await.expect("nothing").is_empty());
+}
+
+async fn same_external_id_makes_a_new_version(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let outcomes = store
+        .insert_documents_with_jobs(None, &[with_content(&docs, "cats", Some("doc-1"))])
+        .await
+        .expect("insert");
+    let (first, first_job) = created(&outcomes[0]);
+    let first = first.clone();
+
+    let batch = BatchId::new();
+    let mut changed = with_content(&docs, "submarines", Some("doc-1"));
+    changed.title = "Submarines".to_owned();
+    let outcomes =
+        store.insert_documents_with_jobs(Some(batch), &[changed.clone()]).await.expect("insert");
+    let (second, second_job) = new_version(&outcomes[0]);
+    assert_eq!((second.id, second.version, second.status), (first.id, 2, DocumentStatus::Queued));
+    assert_eq!(
+        (second.title.as_str(), &second.content_hash),
+        ("Submarines", &changed.content_hash)
+    );
+    assert_eq!(
+        (second.external_id.as_deref(), second.batch, second.created_at),
+        (Some("doc-1"), Some(batch), first.created_at)
+    );
+    assert_eq!(store.get_document(docs.id, first.id).await.expect("get"), *second);
+    let cancelled = store.get_job(first_job).await.expect("job");
+    assert_eq!(
+        cancelled.state,
+        JobState::Cancelled,
+        "the queued job would ingest the same content"
+    );
+    assert_eq!(store.get_job(second_job).await.expect("job").state, JobState::Queued);
+    assert_eq!(store.pending_job_count().await.expect("count"), 1);
+
+    // The same content again is a duplicate; within one slice the second
+    // of two uploads versions the first.
+    let outcomes =
+        store.insert_documents_with_jobs(None, &[changed.clone()]).await.expect("insert");
+    assert_eq!(duplicate(&outcomes[0]).version, 2);
+    let outcomes = store
+        .insert_documents_with_jobs(
+            None,
+            &[with_content(&docs, "one", Some("doc-2")), with_content(&docs, "two", Some("doc-2"))],
+        )
+        .await
+        .expect("insert");
+    let (one, _) = created(&outcomes[0]);
+    let (two, _) = new_version(&outcomes[1]);
+    assert_eq!((two.id, two.version), (one.id, 2));
+
+    // A failed document uploaded again unchanged is retried.
+    store.mark_document_failed(first.id, "embedder down").await.expect("failed");
+    let outcomes =
+        store.insert_documents_with_jobs(None, &[changed.clone()]).await.expect("insert");
+    let (retried, _) = new_version(&outcomes[0]);
+    assert_eq!(
+        (retried.version, retried.status, retried.failure.as_deref()),
+        (3, DocumentStatus::Queued, None)
+    );
+
+    // Directly by id.
+    let mut direct = with_content(&docs, "periscopes", None);
+    direct.id = first.id;
+    let (record, _) = store.new_document_version(&direct, None).await.expect("new version");
+    assert_eq!(
+        (record.version, record.batch, record.external_id.as_deref()),
+        (4, None, Some("doc-1"))
+    );
+    direct.id = DocumentId::new();
+    let missing = store.new_document_version(&direct, None).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+    let mut foreign = with_content(&docs, "periscopes", None);
+    foreign.id = first.id;
+    foreign.tenant = tenant("globex");
+    let missing = store.new_document_version(&foreign, None).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+}
+
+async fn new_version_waits_for_the_running_job_of_its_document(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let outcomes = store
+        .insert_documents_with_jobs(None, &[with_content(&docs, "v1", Some("doc"))])
+        .await
+        .expect("insert");
+    let (v1, v1_job) = created(&outcomes[0]);
+    let v1 = v1.clone();
+    let other =
+        store.insert_document_with_job(&new_document(&docs, "other")).await.expect("insert").1;
+    let running =
+        store.claim_job("a", &[INGEST_JOB_KIND], LEASE).await.expect("claim").expect("job");
+    assert_eq!(running.id, v1_job);
+    store.mark_document_processing(v1.id).await.expect("processing");
+
+    let outcomes = store
+        .insert_documents_with_jobs(None, &[with_content(&docs, "v2", Some("doc"))])
+        .await
+        .expect("insert");
+    let (_, v2_job) = new_version(&outcomes[0]);
+    assert_eq!(store.get_job(v1_job).await.expect("job").state, JobState::Running, "not cancelled");
+
+    // Other documents' jobs go ahead; this document's new job waits.
+    let next = store.claim_job("b", &[INGEST_JOB_KIND], LEASE).await.expect("claim").expect("job");
+    assert_eq!(next.id, other);
+    assert!(store.claim_job("b", &[INGEST_JOB_KIND], LEASE).await.expect("claim").is_none());
+
+    // The old job finishing does not publish over the queued version.
+    store.mark_document_ready(v1.id, 1, 5).await.expect("stale ready is a no-op");
+    let doc = store.get_document(docs.id, v1.id).await.expect("get");
+    assert_eq!((doc.status, doc.version), (DocumentStatus::Queued, 2));
+    store.complete_job(v1_job, "a").await.expect("complete");
+
+    let next = store.claim_job("b", &[INGEST_JOB_KIND], LEASE).await.expect("claim").expect("job");
+    assert_eq!(next.id, v2_job);
+    store.mark_document_ready(v1.id, 2, 7).await.expect("ready");
+    let doc = store.get_document(docs.id, v1.id).await.expect("get");
+    assert_eq!((doc.status, doc.version, doc.chunk_count), (DocumentStatus::Ready, 2, 7));
+}
+
+async fn a_failed_group_adds_nothing(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let mut orphan = with_content(&docs, "orphan", None);
+    orphan.collection = CollectionId::new();
+    let failed =
+        store.insert_documents_with_jobs(None, &[with_content(&docs, "fine", None), orphan]).await;
+    assert!(matches!(failed, Err(Error::NotFound(_))), "{failed:?}");
+    let (existing, _) =
+        store.insert_document_with_job(&new_document(&docs, "taken")).await.expect("insert");
+    let mut taken = with_content(&docs, "new content", None);
+    taken.id = existing.id;
+    let failed =
+        store.insert_documents_with_jobs(None, &[with_content(&docs, "fine", None), taken]).await;
+    assert!(matches!(failed, Err(Error::Conflict(_))), "{failed:?}");
+    assert_eq!(store.list_documents(docs.id, None, 10).await.expect("list"), vec![existing]);
+    assert_eq!(store.pending_job_count().await.expect("count"), 1);
+}
+
+async fn concurrent_uploads_of_the_same_content_create_one_document(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let store = store.clone();
+        let docs = docs.clone();
+        tasks.push(tokio::spawn(async move {
+            let slice = [
+                with_content(&docs, &format!("own {i}"), None),
+                with_content(&docs, "shared", Some("shared")),
+            ];
+            store.insert_documents_with_jobs(None, &slice).await.expect("insert")
+        }));
+    }
+    let mut created_shared = 0;
+    for task in tasks {
+        let outcomes = task.await.expect("task");
+        created(&outcomes[0]);
+        if matches!(outcomes[1], AddOutcome::Created { .. }) {
+            created_shared += 1;
+        } else {
+            duplicate(&outcomes[1]);
+        }
+    }
+    assert_eq!(created_shared, 1);
+    assert_eq!(store.list_documents(docs.id, None, 10).await.expect("list").len(), 5);
 }

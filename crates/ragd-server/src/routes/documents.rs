@@ -1,14 +1,21 @@
-//! `/v1/collections/{collection}/documents`: add (JSON or multipart files),
-//! list, get, delete. Adding stores the original bytes, then commits the
-//! document row and its ingest job together and answers 202: the work
-//! happens in a job, and `GET` shows its progress and any failure.
+//! `/v1/collections/{collection}/documents`: add (one JSON document, NDJSON
+//! in bulk, or multipart files), list, get, delete. Adding stores the
+//! original bytes, then commits the document rows and their ingest jobs
+//! together and answers 202: the work happens in jobs, and `GET` shows its
+//! progress and any failure. Content already in the collection is not
+//! ingested again, and a known `external_id` with new content makes a new
+//! version of its document. Bulk and multipart uploads form a batch, whose
+//! progress `/v1/batches/{batch}` reports.
 
+use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::{StreamExt, TryStreamExt};
 use ragd_core::{ContentHash, DocumentId, ErrorKind};
-use ragd_store::{CollectionRecord, DocumentRecord, NewDocument};
+use ragd_store::{AddOutcome, BatchId, CollectionRecord, DocumentRecord, NewBatch, NewDocument};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -16,7 +23,7 @@ use super::collections::resolve;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AppJson, Caller};
 use crate::state::AppState;
-use crate::wire::DocumentView;
+use crate::wire::{BulkAddView, BulkDocumentView, DocumentView, RejectedLine};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -79,12 +86,25 @@ impl DocumentFields {
     }
 }
 
+/// Documents a bulk upload writes in one transaction.
+const GROUP_DOCUMENTS: usize = 100;
+/// Bytes of document content a bulk upload holds before writing a group,
+/// however few documents that is.
+const GROUP_BYTES: usize = 8 * 1024 * 1024;
+/// Blobs written at once (each is hashed and synced on the blocking pool).
+const BLOB_WRITERS: usize = 4;
+/// Most entries of `documents` and `rejected` echoed back by a bulk upload;
+/// the counts are always complete.
+const MAX_ECHOED: usize = 1000;
+/// Lines longer than this are parsed on the blocking pool.
+const INLINE_PARSE_BYTES: usize = 256 * 1024;
+
 async fn add(
     State(state): State<AppState>,
     caller: Caller,
     Path(collection): Path<String>,
     request: Request,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let collection = resolve(&state, &caller.tenant, &collection).await?;
     let content_type = request
         .headers()
@@ -92,40 +112,361 @@ async fn add(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if content_type.starts_with("application/json") {
-        let AppJson(body) = AppJson::<AddDocument>::from_request(request, &state).await?;
-        let view = add_json(&state, &collection, body).await?;
-        Ok((StatusCode::ACCEPTED, Json(serde_json::to_value(view).unwrap_or_default())))
-    } else if content_type.starts_with("multipart/form-data") {
-        let multipart = Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| ApiError::invalid(e.body_text()))?;
-        add_files(&state, &collection, multipart).await
-    } else {
-        Err(ApiError::new(
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    match essence {
+        "application/json" => {
+            let AppJson(body) = AppJson::<AddDocument>::from_request(request, &state).await?;
+            add_json(&state, &collection, body).await
+        }
+        "application/x-ndjson" => add_ndjson(&state, &collection, request.into_body()).await,
+        "multipart/form-data" => {
+            let multipart = Multipart::from_request(request, &state)
+                .await
+                .map_err(|e| ApiError::invalid(e.body_text()))?;
+            add_files(&state, &collection, multipart).await
+        }
+        _ => Err(ApiError::new(
             ErrorKind::InvalidInput,
-            format!("Content-Type {content_type:?} is not accepted here; send application/json or multipart/form-data"),
-        ))
+            format!(
+                "Content-Type {content_type:?} is not accepted here; send application/json, \
+                 application/x-ndjson or multipart/form-data"
+            ),
+        )),
     }
 }
 
-async fn add_json(state: &AppState, collection: &CollectionRecord, body: AddDocument) -> ApiResult<DocumentView> {
-    if body.text.trim().is_empty() {
-        return Err(ApiError::invalid("text must not be empty"));
-    }
-    if body.text.len() > state.server.max_document_bytes {
-        return Err(ApiError::new(
-            ErrorKind::TooLarge,
-            format!("text is {} bytes; the limit is {}", body.text.len(), state.server.max_document_bytes),
-        ));
-    }
-    let title = body.title.unwrap_or_else(|| title_from_text(&body.text));
-    let fields = DocumentFields::parse(title, body.metadata, body.external_id, body.acl)?;
-    enqueue(state, collection, fields, None, "text/plain", body.text.as_bytes()).await
+/// A validated document whose bytes are not stored yet.
+struct Draft {
+    fields: DocumentFields,
+    source_name: Option<String>,
+    media_type: String,
+    bytes: Vec<u8>,
 }
 
-async fn add_files(state: &AppState, collection: &CollectionRecord, mut multipart: Multipart) -> ApiResult<(StatusCode, Json<Value>)> {
-    let mut accepted = Vec::new();
+impl Draft {
+    /// The checks shared by the JSON body and each NDJSON line.
+    fn from_text(body: AddDocument, max_document_bytes: usize) -> ApiResult<Self> {
+        if body.text.trim().is_empty() {
+            return Err(ApiError::invalid("text must not be empty"));
+        }
+        if body.text.len() > max_document_bytes {
+            return Err(ApiError::new(
+                ErrorKind::TooLarge,
+                format!("text is {} bytes; the limit is {max_document_bytes}", body.text.len()),
+            ));
+        }
+        let title = body.title.unwrap_or_else(|| title_from_text(&body.text));
+        let fields = DocumentFields::parse(title, body.metadata, body.external_id, body.acl)?;
+        Ok(Self { fields, source_name: None, media_type: "text/plain".to_owned(), bytes: body.text.into_bytes() })
+    }
+}
+
+/// Drafts waiting to be written together.
+struct Group<K> {
+    entries: Vec<(K, Draft)>,
+    bytes: usize,
+}
+
+impl<K> Group<K> {
+    fn new() -> Self {
+        Self { entries: Vec::new(), bytes: 0 }
+    }
+
+    /// Adds the draft; true when the group should be written now.
+    fn push(&mut self, key: K, draft: Draft) -> bool {
+        self.bytes += draft.bytes.len();
+        self.entries.push((key, draft));
+        self.entries.len() >= GROUP_DOCUMENTS || self.bytes >= GROUP_BYTES
+    }
+
+    /// Stores the drafts' bytes, then adds them all in one transaction;
+    /// each key comes back with what adding its draft did.
+    async fn write(
+        &mut self,
+        state: &AppState,
+        collection: &CollectionRecord,
+        batch: Option<BatchId>,
+    ) -> ApiResult<Vec<(K, AddOutcome)>> {
+        self.bytes = 0;
+        let (keys, drafts): (Vec<K>, Vec<Draft>) = std::mem::take(&mut self.entries).into_iter().unzip();
+        let news: Vec<NewDocument> = futures::stream::iter(drafts)
+            .map(|draft| store_bytes(state, collection, draft))
+            .buffered(BLOB_WRITERS)
+            .try_collect()
+            .await?;
+        let outcomes = state.store.insert_documents_with_jobs(batch, &news).await?;
+        if outcomes.iter().any(|outcome| !matches!(outcome, AddOutcome::Duplicate(_))) {
+            state.workers.job_queued();
+        }
+        Ok(keys.into_iter().zip(outcomes).collect())
+    }
+}
+
+async fn store_bytes(state: &AppState, collection: &CollectionRecord, draft: Draft) -> ApiResult<NewDocument> {
+    let content_hash: ContentHash = state.blobs.put(&draft.bytes).await?;
+    Ok(NewDocument {
+        id: DocumentId::new(),
+        collection: collection.id,
+        tenant: collection.tenant.clone(),
+        external_id: draft.fields.external_id,
+        title: draft.fields.title,
+        source_name: draft.source_name,
+        media_type: draft.media_type,
+        content_hash,
+        size_bytes: draft.bytes.len() as i64,
+        metadata: draft.fields.metadata,
+        acl: draft.fields.acl,
+    })
+}
+
+/// 202 with the queued document (new, or a new version of the document
+/// with the same `external_id`), or 200 with the document that already
+/// holds this content.
+async fn add_json(state: &AppState, collection: &CollectionRecord, body: AddDocument) -> ApiResult<Response> {
+    let mut group = Group::new();
+    group.push((), Draft::from_text(body, state.server.max_document_bytes)?);
+    let outcome = group
+        .write(state, collection, None)
+        .await?
+        .pop()
+        .map(|(_, outcome)| outcome)
+        .ok_or_else(|| ApiError::new(ErrorKind::Internal, "adding the document gave no outcome"))?;
+    let status = if matches!(outcome, AddOutcome::Duplicate(_)) { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(DocumentView::from(&outcome))).into_response())
+}
+
+/// One document per line, read as the body streams in; invalid lines are
+/// reported and skipped, valid ones are written in groups.
+async fn add_ndjson(state: &AppState, collection: &CollectionRecord, body: Body) -> ApiResult<Response> {
+    let batch = BatchId::new();
+    let max_document_bytes = state.server.max_document_bytes;
+    let mut report = BulkReport::default();
+    let mut splitter = LineSplitter::new(max_document_bytes);
+    let mut group = Group::new();
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    loop {
+        let (lines, last) = match stream.next().await {
+            Some(Ok(chunk)) => (splitter.push(&chunk), false),
+            Some(Err(error)) => {
+                tracing::debug!(%batch, lines = seen, %error, "bulk upload body failed");
+                return Err(ApiError::invalid(format!(
+                    "the request body could not be read after line {seen} (documents written \
+                     before that stay queued): {error}"
+                )));
+            }
+            None => (splitter.finish().into_iter().collect(), true),
+        };
+        for line in lines {
+            seen = line.number;
+            let bytes = match line.content {
+                LineContent::Text(bytes) => bytes,
+                LineContent::TooLong => {
+                    report.reject(
+                        line.number,
+                        format!("the line is longer than the {max_document_bytes} byte limit for one document"),
+                    );
+                    continue;
+                }
+            };
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let draft = parse_line(bytes).await.and_then(|body| {
+                Draft::from_text(body, max_document_bytes).map_err(|error| error.0.message().to_owned())
+            });
+            match draft {
+                Ok(draft) => {
+                    if group.push(line.number, draft) {
+                        report.record(group.write(state, collection, Some(batch)).await?);
+                    }
+                }
+                Err(reason) => report.reject(line.number, reason),
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    report.record(group.write(state, collection, Some(batch)).await?);
+    if report.is_empty() {
+        return Err(ApiError::invalid("the body holds no documents; send one JSON object per line"));
+    }
+    let record = state
+        .store
+        .create_batch(&NewBatch {
+            id: batch,
+            collection: collection.id,
+            tenant: collection.tenant.clone(),
+            accepted: report.accepted,
+            duplicates: report.duplicates,
+            rejected: report.rejected,
+        })
+        .await?;
+    tracing::info!(
+        %batch,
+        accepted = record.accepted,
+        duplicates = record.duplicates,
+        rejected = record.rejected,
+        "bulk upload queued"
+    );
+    Ok((StatusCode::ACCEPTED, Json(report.into_view(batch))).into_response())
+}
+
+/// Parses one NDJSON line; the error is the reason shown for the line.
+async fn parse_line(bytes: Vec<u8>) -> Result<AddDocument, String> {
+    if bytes.len() <= INLINE_PARSE_BYTES {
+        return parse_json_line(&bytes);
+    }
+    tokio::task::spawn_blocking(move || parse_json_line(&bytes))
+        .await
+        .map_err(|_| "the line could not be parsed".to_owned())?
+}
+
+fn parse_json_line(bytes: &[u8]) -> Result<AddDocument, String> {
+    // serde would also read a struct from an array of its fields in order.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err("the line is not a JSON object".to_owned());
+    }
+    serde_json::from_slice(bytes).map_err(|error| {
+        // The parser sees each line alone, as line 1: keep only the column.
+        let message = error.to_string();
+        if error.line() == 0 {
+            return message;
+        }
+        let position = format!(" at line {} column {}", error.line(), error.column());
+        let message = message.strip_suffix(&position).unwrap_or(&message);
+        format!("{message} (column {})", error.column())
+    })
+}
+
+/// What a bulk upload did, line by line; the lists stop at
+/// [`MAX_ECHOED`] entries, the counts do not.
+#[derive(Default)]
+struct BulkReport {
+    accepted: i64,
+    duplicates: i64,
+    rejected: i64,
+    rejected_lines: Vec<RejectedLine>,
+    documents: Vec<BulkDocumentView>,
+}
+
+impl BulkReport {
+    fn reject(&mut self, line: usize, reason: String) {
+        self.rejected += 1;
+        if self.rejected_lines.len() < MAX_ECHOED {
+            self.rejected_lines.push(RejectedLine { line, reason });
+        }
+    }
+
+    fn record(&mut self, outcomes: Vec<(usize, AddOutcome)>) {
+        for (line, outcome) in outcomes {
+            if matches!(outcome, AddOutcome::Duplicate(_)) {
+                self.duplicates += 1;
+            } else {
+                self.accepted += 1;
+            }
+            if self.documents.len() < MAX_ECHOED {
+                self.documents.push(BulkDocumentView::new(line, &outcome));
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.accepted + self.duplicates + self.rejected == 0
+    }
+
+    fn into_view(self, batch: BatchId) -> BulkAddView {
+        BulkAddView {
+            batch_id: batch.to_string(),
+            accepted: self.accepted,
+            duplicates: self.duplicates,
+            rejected_count: self.rejected,
+            rejected_truncated: (self.rejected_lines.len() as i64) < self.rejected,
+            rejected: self.rejected_lines,
+            documents_truncated: (self.documents.len() as i64) < self.accepted + self.duplicates,
+            documents: self.documents,
+        }
+    }
+}
+
+/// One line of an NDJSON body, numbered from 1.
+#[derive(Debug, PartialEq)]
+struct Line {
+    number: usize,
+    content: LineContent,
+}
+
+#[derive(Debug, PartialEq)]
+enum LineContent {
+    /// Without its `\n` (or `\r\n`).
+    Text(Vec<u8>),
+    /// Longer than the limit: dropped as it streamed in.
+    TooLong,
+}
+
+/// Cuts a byte stream into lines, holding at most `limit` bytes of the
+/// current line: the rest of a longer line is skipped, not buffered.
+struct LineSplitter {
+    limit: usize,
+    current: Vec<u8>,
+    too_long: bool,
+    number: usize,
+}
+
+impl LineSplitter {
+    fn new(limit: usize) -> Self {
+        Self { limit, current: Vec::new(), too_long: false, number: 0 }
+    }
+
+    /// The lines that `chunk` completes.
+    fn push(&mut self, mut chunk: &[u8]) -> Vec<Line> {
+        let mut lines = Vec::new();
+        while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+            self.take(&chunk[..end]);
+            lines.push(self.end_line());
+            chunk = &chunk[end + 1..];
+        }
+        self.take(chunk);
+        lines
+    }
+
+    /// The last line, when the stream does not end with a newline.
+    fn finish(&mut self) -> Option<Line> {
+        (!self.current.is_empty() || self.too_long).then(|| self.end_line())
+    }
+
+    fn take(&mut self, piece: &[u8]) {
+        if self.too_long {
+            return;
+        }
+        if self.current.len() + piece.len() > self.limit {
+            self.too_long = true;
+            self.current = Vec::new();
+        } else {
+            self.current.extend_from_slice(piece);
+        }
+    }
+
+    fn end_line(&mut self) -> Line {
+        self.number += 1;
+        let content = if std::mem::take(&mut self.too_long) {
+            LineContent::TooLong
+        } else {
+            let mut text = std::mem::take(&mut self.current);
+            if text.last() == Some(&b'\r') {
+                text.pop();
+            }
+            LineContent::Text(text)
+        };
+        Line { number: self.number, content }
+    }
+}
+
+async fn add_files(state: &AppState, collection: &CollectionRecord, mut multipart: Multipart) -> ApiResult<Response> {
+    let batch = BatchId::new();
+    let mut outcomes = Vec::new();
+    let mut group = Group::new();
     let mut rejected = Vec::new();
     let mut metadata = Map::new();
     while let Some(mut field) = multipart.next_field().await.map_err(|e| ApiError::invalid(e.body_text()))? {
@@ -165,9 +506,13 @@ async fn add_files(state: &AppState, collection: &CollectionRecord, mut multipar
         };
         let title = file_name.as_deref().map(title_from_file_name).unwrap_or_default();
         let fields = DocumentFields::parse(title, metadata.clone(), None, Vec::new())?;
-        accepted.push(enqueue(state, collection, fields, file_name, &format.media_type(), &bytes).await?);
+        let draft = Draft { fields, source_name: file_name, media_type: format.media_type(), bytes };
+        if group.push((), draft) {
+            outcomes.extend(group.write(state, collection, Some(batch)).await?);
+        }
     }
-    if accepted.is_empty() {
+    outcomes.extend(group.write(state, collection, Some(batch)).await?);
+    if outcomes.is_empty() {
         let reasons: Vec<String> = rejected
             .iter()
             .map(|r| format!("{}: {}", r["file"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or("")))
@@ -177,36 +522,21 @@ async fn add_files(state: &AppState, collection: &CollectionRecord, mut multipar
         }
         return Err(ApiError::new(ErrorKind::Unprocessable, format!("no file was accepted: {}", reasons.join("; "))));
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"documents": accepted, "rejected": rejected}))))
-}
-
-async fn enqueue(
-    state: &AppState,
-    collection: &CollectionRecord,
-    fields: DocumentFields,
-    source_name: Option<String>,
-    media_type: &str,
-    bytes: &[u8],
-) -> ApiResult<DocumentView> {
-    let content_hash: ContentHash = state.blobs.put(bytes).await?;
-    let new = NewDocument {
-        id: DocumentId::new(),
-        collection: collection.id,
-        tenant: collection.tenant.clone(),
-        external_id: fields.external_id,
-        title: fields.title,
-        source_name,
-        media_type: media_type.to_owned(),
-        content_hash,
-        size_bytes: bytes.len() as i64,
-        metadata: fields.metadata,
-        acl: fields.acl,
-    };
-    let (record, job) = state.store.insert_document_with_job(&new).await?;
-    state.workers.job_queued();
-    let mut view = DocumentView::from(&record);
-    view.job_id = Some(job.to_string());
-    Ok(view)
+    let duplicates = outcomes.iter().filter(|(_, outcome)| matches!(outcome, AddOutcome::Duplicate(_))).count() as i64;
+    state
+        .store
+        .create_batch(&NewBatch {
+            id: batch,
+            collection: collection.id,
+            tenant: collection.tenant.clone(),
+            accepted: outcomes.len() as i64 - duplicates,
+            duplicates,
+            rejected: rejected.len() as i64,
+        })
+        .await?;
+    let documents: Vec<DocumentView> = outcomes.iter().map(|(_, outcome)| DocumentView::from(outcome)).collect();
+    let body = json!({"batch_id": batch.to_string(), "documents": documents, "rejected": rejected});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 fn title_from_text(text: &str) -> String {
@@ -287,5 +617,66 @@ mod tests {
         assert_eq!(title_from_file_name(".env"), ".env");
         assert_eq!(title_from_text("\n\n  First line \nsecond"), "First line");
         assert_eq!(title_from_text(&"x".repeat(100)).chars().count(), 81);
+    }
+
+    /// Line numbers with their text, or None for a line over the limit.
+    type Lines = Vec<(usize, Option<String>)>;
+
+    /// Feeds `input` cut at every possible place into two chunks and at
+    /// every byte, and checks that the lines never depend on the cuts.
+    fn split(input: &str, limit: usize) -> Lines {
+        let run = |chunks: Vec<&[u8]>| {
+            let mut splitter = LineSplitter::new(limit);
+            let mut lines: Vec<Line> = chunks.into_iter().flat_map(|chunk| splitter.push(chunk)).collect();
+            lines.extend(splitter.finish());
+            lines
+                .into_iter()
+                .map(|line| match line.content {
+                    LineContent::Text(text) => (line.number, Some(String::from_utf8(text).unwrap())),
+                    LineContent::TooLong => (line.number, None),
+                })
+                .collect::<Vec<_>>()
+        };
+        let bytes = input.as_bytes();
+        let whole = run(vec![bytes]);
+        for cut in 0..=bytes.len() {
+            assert_eq!(run(vec![&bytes[..cut], &bytes[cut..]]), whole, "cut at {cut} of {input:?}");
+        }
+        assert_eq!(run(bytes.chunks(1).collect()), whole, "byte by byte: {input:?}");
+        whole
+    }
+
+    #[test]
+    fn ndjson_lines_are_split_whatever_the_chunks() {
+        let text = |n: usize, s: &str| (n, Some(s.to_owned()));
+        let too_long = |n: usize| (n, None);
+        let cases: Vec<(&str, usize, Lines)> = vec![
+            ("", 10, vec![]),
+            ("a\n", 10, vec![text(1, "a")]),
+            ("a\r\nbb\n\nccc", 10, vec![text(1, "a"), text(2, "bb"), text(3, ""), text(4, "ccc")]),
+            // The limit holds the line's bytes; longer lines are dropped
+            // but still numbered, and the next line is unaffected.
+            ("abc\nabcd\nxy\nabcdefgh", 3, vec![text(1, "abc"), too_long(2), text(3, "xy"), too_long(4)]),
+            ("abcdefgh\n\n", 3, vec![too_long(1), text(2, "")]),
+        ];
+        for (input, limit, expected) in cases {
+            assert_eq!(split(input, limit), expected, "{input:?} with limit {limit}");
+        }
+    }
+
+    #[test]
+    fn ndjson_line_errors_name_the_column() {
+        let cases = [
+            (r#"{"text": 5}"#, "invalid type: integer `5`, expected a string (column 10)"),
+            (r#"{"text": "x", "colour": 1}"#, "unknown field `colour`"),
+            (r#"{"text": "#, "EOF while parsing a value (column 9)"),
+            ("[\"title\", \"text\"]", "the line is not a JSON object"),
+            ("5", "the line is not a JSON object"),
+        ];
+        for (line, reason) in cases {
+            let error = parse_json_line(line.as_bytes()).err().unwrap_or_default();
+            assert!(error.starts_with(reason) || error.contains(reason), "{line}: {error}");
+            assert!(!error.contains("line 1"), "{line}: {error}");
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! One module per resource, each exposing `router()`.
 
+mod batches;
 mod collections;
 mod documents;
 mod health;
+mod openai;
 mod query;
-mod search;
+pub(crate) mod search;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
@@ -17,10 +19,12 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let body_limit = state.server.max_body_bytes;
     let api = Router::new()
+        .merge(batches::router())
         .merge(collections::router())
         .merge(documents::router())
         .merge(search::router())
-        .merge(query::router());
+        .merge(query::router())
+        .merge(openai::router());
     Router::new()
         .merge(health::router())
         .nest("/v1", api)
