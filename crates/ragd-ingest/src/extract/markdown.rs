@@ -107,15 +107,10 @@ fn metadata_title(metadata: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extract::test_support::pairs;
 
     fn outline(source: &str) -> (Option<String>, Vec<(String, String)>) {
-        let doc = extract(source);
-        let blocks = doc.blocks.into_iter().map(|b| (b.heading_path.join(" > "), b.text)).collect();
-        (doc.title, blocks)
-    }
-
-    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        super::super::test_support::outline(extract(source))
     }
 
     #[test]

@@ -79,6 +79,22 @@ pub(crate) fn collapse_whitespace(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// What the format tests compare: the title and each block as (heading
+/// path, text).
+#[cfg(test)]
+mod test_support {
+    use super::ExtractedDoc;
+
+    pub fn outline(doc: ExtractedDoc) -> (Option<String>, Vec<(String, String)>) {
+        let blocks = doc.blocks.into_iter().map(|b| (b.heading_path.join(" > "), b.text)).collect();
+        (doc.title, blocks)
+    }
+
+    pub fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
