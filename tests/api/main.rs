@@ -9,6 +9,7 @@ mod collections;
 mod documents;
 mod errors;
 mod eval;
+mod ingest;
 mod openai;
 mod query;
 mod search;

@@ -3,6 +3,7 @@
 
 mod config;
 mod eval;
+mod ingest;
 mod serve;
 
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ enum Command {
     },
     /// Measure retrieval quality on a BEIR dataset (nDCG@10, Recall@10/100, MRR@10, latency).
     Eval(eval::EvalArgs),
+    /// Upload a file or folder to a running server, with progress, and wait
+    /// until it is ingested.
+    Ingest(ingest::IngestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             serve::init_tracing(&config.log)?;
             runtime()?.block_on(eval::run(config, args))
         }
+        Command::Ingest(args) => runtime()?.block_on(ingest::run(args)),
     }
 }
 
