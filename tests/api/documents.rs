@@ -83,3 +83,43 @@ async fn deleting_a_document_removes_its_chunks_from_search() {
     let stats: Value = app.get(&format!("/v1/collections/{c}")).await.json().await.unwrap();
     assert_eq!(stats["stats"]["point_count"], stats["stats"]["chunk_count"]);
 }
+
+fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in files {
+        writer.start_file(*name, options).unwrap();
+        writer.write_all(bytes).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+/// A ZIP upload is a batch of its files; entries that escape the archive's
+/// folder or expand past the limit are rejected by name, the rest ingest.
+#[tokio::test]
+async fn zip_archives_are_unpacked_safely() {
+    let app = spawn_app_with(&[("RAGD_SERVER__MAX_DOCUMENT_BYTES", "100000")]).await;
+    let c = app.create_collection("archives").await;
+    let bomb = vec![b'z'; 5_000_000];
+    let archive = zip_of(&[
+        ("docs/kiln.txt", b"The kiln fires stoneware at 1300 degrees Celsius."),
+        ("docs/glaze.md", b"# Glazes\n\nCeladon glazes turn green from iron oxide."),
+        ("../../etc/cron.d/evil", b"* * * * * root rm -rf /"),
+        ("bomb.txt", &bomb),
+    ]);
+    let form = Form::new().part("file", Part::bytes(archive).file_name("pottery.zip".to_owned()));
+    let response = app.client.post(app.url(&format!("/v1/collections/{c}/documents"))).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.unwrap();
+    let documents = body["documents"].as_array().unwrap();
+    let names: Vec<&str> = documents.iter().map(|d| d["source_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["pottery.zip/docs/kiln.txt", "pottery.zip/docs/glaze.md"], "{body}");
+    let rejected: Vec<&str> = body["rejected"].as_array().unwrap().iter().map(|r| r["file"].as_str().unwrap()).collect();
+    assert_eq!(rejected, ["pottery.zip/../../etc/cron.d/evil", "pottery.zip/bomb.txt"], "{body}");
+    for document in documents {
+        app.wait_ready(&c, document["id"].as_str().unwrap()).await;
+    }
+    let hits = app.search(&c, json!({"query": "why is celadon green", "top_k": 1})).await;
+    assert_eq!(hits["hits"][0]["heading_path"], "Glazes");
+}

@@ -6,11 +6,13 @@
 //! file or network I/O beyond loading a tokenizer from a given path, no
 //! embedding, no storage, no HTTP; never depends on another engine crate.
 
+mod archive;
 mod chunk;
 mod detect;
 mod error;
 mod extract;
 
+pub use archive::{is_zip_archive, unpack_zip, ArchiveEntry, ArchiveLimits, RejectedEntry};
 pub use chunk::{Chunker, ChunkingConfig, MIN_CHUNK_TOKENS};
 pub use detect::{detect_format, Format};
 pub use error::{Error, Result};

@@ -21,6 +21,11 @@ pub struct ServerConfig {
     pub max_document_bytes: usize,
     /// Most documents listed per page.
     pub max_page_size: u32,
+    /// Most files taken from one uploaded ZIP archive.
+    pub max_archive_files: usize,
+    /// Most bytes one uploaded ZIP archive may expand to (a zip-bomb guard;
+    /// each file is also bounded by `max_document_bytes`).
+    pub max_archive_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -30,6 +35,8 @@ impl Default for ServerConfig {
             max_body_bytes: 64 * 1024 * 1024,
             max_document_bytes: 32 * 1024 * 1024,
             max_page_size: 500,
+            max_archive_files: 10_000,
+            max_archive_bytes: 1024 * 1024 * 1024,
         }
     }
 }

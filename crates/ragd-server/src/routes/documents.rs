@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use futures::{StreamExt, TryStreamExt};
 use ragd_core::{ContentHash, DocumentId, ErrorKind};
 use ragd_store::{AddOutcome, BatchId, CollectionRecord, DocumentRecord, NewBatch, NewDocument};
+use ragd_ingest::{ArchiveEntry, ArchiveLimits};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -497,18 +498,45 @@ async fn add_files(state: &AppState, collection: &CollectionRecord, mut multipar
             rejected.push(json!({"file": label, "reason": format!("larger than the {} byte limit", state.server.max_document_bytes)}));
             continue;
         }
-        let format = match ragd_ingest::detect_format(file_name.as_deref(), claimed_type.as_deref(), &bytes) {
-            Ok(format) => format,
-            Err(error) => {
-                rejected.push(json!({"file": label, "reason": ragd_core::Error::from(error).message()}));
-                continue;
+        let mut files = Vec::new();
+        if ragd_ingest::is_zip_archive(&bytes) {
+            let limits = ArchiveLimits {
+                max_entries: state.server.max_archive_files,
+                max_entry_bytes: state.server.max_document_bytes as u64,
+                max_total_bytes: state.server.max_archive_bytes,
+            };
+            let unpacked = tokio::task::spawn_blocking(move || ragd_ingest::unpack_zip(&bytes, &limits))
+                .await
+                .map_err(|e| ApiError(ragd_core::Error::with_source(ErrorKind::Internal, "unpacking failed", e)))?;
+            let (entries, refused) = match unpacked {
+                Ok(unpacked) => unpacked,
+                Err(error) => {
+                    rejected.push(json!({"file": label, "reason": ragd_core::Error::from(error).message()}));
+                    continue;
+                }
+            };
+            for entry in refused {
+                rejected.push(json!({"file": format!("{label}/{}", entry.name), "reason": entry.reason}));
             }
-        };
-        let title = file_name.as_deref().map(title_from_file_name).unwrap_or_default();
-        let fields = DocumentFields::parse(title, metadata.clone(), None, Vec::new())?;
-        let draft = Draft { fields, source_name: file_name, media_type: format.media_type(), bytes };
-        if group.push((), draft) {
-            outcomes.extend(group.write(state, collection, Some(batch)).await?);
+            files.extend(entry_files(&label, entries));
+        } else {
+            files.push((file_name, claimed_type, bytes));
+        }
+        for (file_name, claimed_type, bytes) in files {
+            let label = file_name.clone().unwrap_or_else(|| "(unnamed)".to_owned());
+            let format = match ragd_ingest::detect_format(file_name.as_deref(), claimed_type.as_deref(), &bytes) {
+                Ok(format) => format,
+                Err(error) => {
+                    rejected.push(json!({"file": label, "reason": ragd_core::Error::from(error).message()}));
+                    continue;
+                }
+            };
+            let title = file_name.as_deref().map(title_from_file_name).unwrap_or_default();
+            let fields = DocumentFields::parse(title, metadata.clone(), None, Vec::new())?;
+            let draft = Draft { fields, source_name: file_name, media_type: format.media_type(), bytes };
+            if group.push((), draft) {
+                outcomes.extend(group.write(state, collection, Some(batch)).await?);
+            }
         }
     }
     outcomes.extend(group.write(state, collection, Some(batch)).await?);
@@ -537,6 +565,11 @@ async fn add_files(state: &AppState, collection: &CollectionRecord, mut multipar
     let documents: Vec<DocumentView> = outcomes.iter().map(|(_, outcome)| DocumentView::from(outcome)).collect();
     let body = json!({"batch_id": batch.to_string(), "documents": documents, "rejected": rejected});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// An archive's files as uploads named `archive.zip/path/in/archive`.
+fn entry_files(archive: &str, entries: Vec<ArchiveEntry>) -> impl Iterator<Item = (Option<String>, Option<String>, Vec<u8>)> + '_ {
+    entries.into_iter().map(move |entry| (Some(format!("{archive}/{}", entry.name)), None, entry.bytes))
 }
 
 fn title_from_text(text: &str) -> String {
