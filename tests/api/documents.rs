@@ -123,3 +123,33 @@ async fn zip_archives_are_unpacked_safely() {
     let hits = app.search(&c, json!({"query": "why is celadon green", "top_k": 1})).await;
     assert_eq!(hits["hits"][0]["heading_path"], "Glazes");
 }
+
+/// CSV and JSONL uploads are one document per row: the text field is the
+/// text, the rest is metadata that filters match; bad rows fail alone.
+#[tokio::test]
+async fn csv_and_jsonl_rows_become_documents() {
+    let app = spawn_app().await;
+    let c = app.create_collection("rows").await;
+    let csv = "title,text,year\nHeron,The grey heron hunts fish in shallow water.,2020\nEmpty,,2021\nOtter,Otters use stones to crack open shellfish.,2022\n";
+    let jsonl = "{\"body\": \"Beavers build dams from branches and mud.\", \"habitat\": \"river\"}\nnot json\n";
+    let form = Form::new()
+        .text("text_field", "text")
+        .part("file", file("animals.csv", csv, "text/csv"))
+        .text("text_field", "body")
+        .part("file", file("more.jsonl", jsonl, "application/jsonl"));
+    let response = app.client.post(app.url(&format!("/v1/collections/{c}/documents"))).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.unwrap();
+    let names: Vec<&str> = body["documents"].as_array().unwrap().iter().map(|d| d["source_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["animals.csv#1", "animals.csv#3", "more.jsonl#1"], "{body}");
+    let rejected: Vec<&str> = body["rejected"].as_array().unwrap().iter().map(|r| r["file"].as_str().unwrap()).collect();
+    assert_eq!(rejected, ["animals.csv#2", "more.jsonl#2"], "{body}");
+    for document in body["documents"].as_array().unwrap() {
+        app.wait_ready(&c, document["id"].as_str().unwrap()).await;
+    }
+    let hits = app.search(&c, json!({"query": "which animal cracks shellfish", "top_k": 3, "filter": {"year": "2022"}})).await;
+    assert_eq!(hits["hits"].as_array().unwrap().len(), 1, "{hits}");
+    assert_eq!(hits["hits"][0]["title"], "Otter");
+    let hits = app.search(&c, json!({"query": "dams", "top_k": 1, "filter": {"habitat": "river"}})).await;
+    assert!(hits["hits"][0]["text"].as_str().unwrap().contains("Beavers"), "{hits}");
+}

@@ -11,9 +11,11 @@ mod chunk;
 mod detect;
 mod error;
 mod extract;
+mod rows;
 
 pub use archive::{is_zip_archive, unpack_zip, ArchiveEntry, ArchiveLimits, RejectedEntry};
 pub use chunk::{Chunker, ChunkingConfig, MIN_CHUNK_TOKENS};
 pub use detect::{detect_format, Format};
 pub use error::{Error, Result};
+pub use rows::{row_format, split_rows, RejectedRow, RowDoc, RowFields, RowFormat};
 pub use extract::{extract, Block, ExtractedDoc, Syntax};

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use futures::{StreamExt, TryStreamExt};
 use ragd_core::{ContentHash, DocumentId, ErrorKind};
 use ragd_store::{AddOutcome, BatchId, CollectionRecord, DocumentRecord, NewBatch, NewDocument};
-use ragd_ingest::{ArchiveEntry, ArchiveLimits};
+use ragd_ingest::{ArchiveEntry, ArchiveLimits, RowFields};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -470,12 +470,22 @@ async fn add_files(state: &AppState, collection: &CollectionRecord, mut multipar
     let mut group = Group::new();
     let mut rejected = Vec::new();
     let mut metadata = Map::new();
+    let mut text_field = "text".to_owned();
+    let mut title_field = "title".to_owned();
     while let Some(mut field) = multipart.next_field().await.map_err(|e| ApiError::invalid(e.body_text()))? {
         let name = field.name().unwrap_or("").to_owned();
         if name == "metadata" {
             let text = field.text().await.map_err(|e| ApiError::invalid(e.body_text()))?;
             metadata = serde_json::from_str(&text)
                 .map_err(|e| ApiError::invalid(format!("the metadata field must be a JSON object: {e}")))?;
+            continue;
+        }
+        if name == "text_field" || name == "title_field" {
+            let value = field.text().await.map_err(|e| ApiError::invalid(e.body_text()))?;
+            if value.is_empty() || value.len() > 64 {
+                return Err(ApiError::invalid(format!("{name} must be 1-64 bytes")));
+            }
+            if name == "text_field" { text_field = value } else { title_field = value }
             continue;
         }
         if name != "file" && name != "files" {
@@ -496,6 +506,37 @@ async fn add_files(state: &AppState, collection: &CollectionRecord, mut multipar
         }
         if too_large {
             rejected.push(json!({"file": label, "reason": format!("larger than the {} byte limit", state.server.max_document_bytes)}));
+            continue;
+        }
+        if let Some(row_format) = ragd_ingest::row_format(file_name.as_deref()) {
+            let fields = RowFields { text: &text_field, title: &title_field };
+            let (rows, refused) = match ragd_ingest::split_rows(row_format, &bytes, fields) {
+                Ok(split) => split,
+                Err(error) => {
+                    rejected.push(json!({"file": label, "reason": ragd_core::Error::from(error).message()}));
+                    continue;
+                }
+            };
+            for row in refused {
+                rejected.push(json!({"file": format!("{label}#{}", row.row), "reason": row.reason}));
+            }
+            for row in rows {
+                let mut row_metadata = metadata.clone();
+                row_metadata.extend(row.metadata);
+                let title = row.title.unwrap_or_else(|| format!("{} row {}", title_from_file_name(&label), row.row));
+                let fields = match DocumentFields::parse(title, row_metadata, None, Vec::new()) {
+                    Ok(fields) => fields,
+                    Err(ApiError(error)) => {
+                        rejected.push(json!({"file": format!("{label}#{}", row.row), "reason": error.message()}));
+                        continue;
+                    }
+                };
+                let source_name = Some(format!("{label}#{}", row.row));
+                let draft = Draft { fields, source_name, media_type: "text/plain".to_owned(), bytes: row.text.into_bytes() };
+                if group.push((), draft) {
+                    outcomes.extend(group.write(state, collection, Some(batch)).await?);
+                }
+            }
             continue;
         }
         let mut files = Vec::new();
