@@ -28,6 +28,8 @@ pub struct ChunkPayload {
     pub title: String,
     /// `Guide > Install > Linux`: the headings the chunk sits under.
     pub heading_path: String,
+    /// 1-based page the chunk starts on, in paginated formats.
+    pub page: Option<u32>,
     pub text: String,
     pub metadata: Map<String, Value>,
     /// Principals allowed to see the chunk; empty means the whole tenant.

@@ -51,6 +51,8 @@ pub struct Chunk {
     pub text: String,
     pub heading_path: Vec<String>,
     pub token_count: usize,
+    /// 1-based page the chunk starts on, in paginated formats (PDF).
+    pub page: Option<u32>,
 }
 
 impl Chunk {

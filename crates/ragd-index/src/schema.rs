@@ -16,6 +16,7 @@ pub const VERSION: &str = "version";
 pub const CHUNK_INDEX: &str = "chunk_index";
 pub const TITLE: &str = "title";
 pub const HEADING_PATH: &str = "heading_path";
+pub const PAGE: &str = "page";
 pub const TEXT: &str = "text";
 pub const METADATA: &str = "metadata";
 pub const ACL: &str = "acl";
@@ -45,6 +46,9 @@ pub fn payload_to_json(payload: &ChunkPayload) -> Map<String, Value> {
     json.insert(CHUNK_INDEX.into(), payload.chunk_index.into());
     json.insert(TITLE.into(), payload.title.clone().into());
     json.insert(HEADING_PATH.into(), payload.heading_path.clone().into());
+    if let Some(page) = payload.page {
+        json.insert(PAGE.into(), page.into());
+    }
     json.insert(TEXT.into(), payload.text.clone().into());
     json.insert(METADATA.into(), Value::Object(payload.metadata.clone()));
     json.insert(ACL.into(), payload.acl.clone().into());
@@ -85,6 +89,15 @@ pub fn payload_from_json(mut json: Map<String, Value>) -> Result<ChunkPayload> {
         None | Some(Value::Null) => Vec::new(),
         Some(_) => return Err(corrupt(ACL, "not an array")),
     };
+    let page = match json.remove(PAGE) {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .ok_or_else(|| corrupt(PAGE, "not a page number"))?,
+        ),
+    };
     Ok(ChunkPayload {
         tenant,
         collection,
@@ -93,6 +106,7 @@ pub fn payload_from_json(mut json: Map<String, Value>) -> Result<ChunkPayload> {
         chunk_index,
         title: take_string(&mut json, TITLE)?,
         heading_path: take_string(&mut json, HEADING_PATH)?,
+        page,
         text: take_string(&mut json, TEXT)?,
         metadata,
         acl,
@@ -125,6 +139,7 @@ mod tests {
             chunk_index: 7,
             title: "Guide".into(),
             heading_path: "Guide > Install".into(),
+            page: Some(3),
             text: "run the installer".into(),
             metadata: json!({"lang": "en", "year": 2024, "nested": {"a": [1, 2]}})
                 .as_object()

@@ -1,11 +1,14 @@
-//! ZIP uploads: a plain ZIP archive (not a DOCX or other Office file) is a
-//! bag of documents. Unpacking is bounded so that a hostile archive cannot
+//! Archive uploads: a ZIP or tar archive (tar optionally gzipped) is a bag
+//! of documents. Unpacking is bounded so that a hostile archive cannot
 //! exhaust memory or escape its folder: each entry's name must be a relative
 //! path inside the archive, and every entry and the archive as a whole have a
 //! limit on the bytes they expand to, enforced while reading rather than
-//! trusted from the archive's own size fields.
+//! trusted from the archive's own size fields. Entries are handed over one
+//! at a time, so an archive never has to be in memory as a whole.
 
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Seek};
+use std::ops::ControlFlow;
+use std::path::{Component, Path};
 
 use crate::detect::DOCX_MAIN_PART;
 
@@ -29,6 +32,36 @@ pub struct RejectedEntry {
     pub reason: String,
 }
 
+/// One step of unpacking: a file taken, or a file refused with the reason.
+#[derive(Debug)]
+pub enum Unpacked {
+    Entry(ArchiveEntry),
+    Rejected(RejectedEntry),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    Zip,
+    Tar,
+    /// A tar stream compressed with gzip (`.tar.gz`, `.tgz`).
+    TarGz,
+}
+
+impl ArchiveKind {
+    /// The kind a request's media type names, if it names an archive.
+    pub fn from_media_type(media_type: &str) -> Option<Self> {
+        match media_type {
+            "application/zip" | "application/x-zip-compressed" => Some(Self::Zip),
+            "application/x-tar" => Some(Self::Tar),
+            "application/gzip"
+            | "application/x-gzip"
+            | "application/x-gtar"
+            | "application/x-compressed-tar" => Some(Self::TarGz),
+            _ => None,
+        }
+    }
+}
+
 /// Office formats are ZIP files too; those are documents, not archives.
 const OFFICE_PARTS: &[&str] = &[DOCX_MAIN_PART, "xl/workbook.xml", "ppt/presentation.xml", "content.xml"];
 
@@ -43,65 +76,209 @@ pub fn is_zip_archive(bytes: &[u8]) -> bool {
     }
 }
 
+/// The kind of archive an uploaded file is, judged by its content (and, for
+/// gzip, which may wrap anything, by its name too); None for a document.
+pub fn archive_kind(file_name: Option<&str>, bytes: &[u8]) -> Option<ArchiveKind> {
+    if is_zip_archive(bytes) {
+        return Some(ArchiveKind::Zip);
+    }
+    // POSIX and GNU tar headers both carry `ustar` at offset 257.
+    if bytes.get(257..262) == Some(b"ustar") {
+        return Some(ArchiveKind::Tar);
+    }
+    let name = file_name.unwrap_or_default().to_ascii_lowercase();
+    let gzipped_tar = name.ends_with(".tar.gz") || name.ends_with(".tgz");
+    (gzipped_tar && bytes.starts_with(&[0x1f, 0x8b])).then_some(ArchiveKind::TarGz)
+}
+
 /// The archive's files, each read up to the limits; what breaks a rule is
 /// rejected with the reason, and the rest is still returned.
-pub fn unpack_zip(bytes: &[u8], limits: &ArchiveLimits) -> crate::Result<(Vec<ArchiveEntry>, Vec<RejectedEntry>)> {
-    let mut archive =
-        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|err| crate::Error::corrupt("ZIP", err))?;
+pub fn unpack_zip(
+    bytes: &[u8],
+    limits: &ArchiveLimits,
+) -> crate::Result<(Vec<ArchiveEntry>, Vec<RejectedEntry>)> {
     let mut entries = Vec::new();
     let mut rejected = Vec::new();
-    let mut total: u64 = 0;
+    unpack(ArchiveKind::Zip, Cursor::new(bytes), limits, |item| {
+        match item {
+            Unpacked::Entry(entry) => entries.push(entry),
+            Unpacked::Rejected(entry) => rejected.push(entry),
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok((entries, rejected))
+}
+
+/// Reads an archive of `kind` entry by entry, handing each file (or the
+/// reason it was refused) to `sink`, which may stop the reading early. An
+/// error means the archive itself is unreadable; entries handed over before
+/// it stand.
+pub fn unpack<R: Read + Seek>(
+    kind: ArchiveKind,
+    reader: R,
+    limits: &ArchiveLimits,
+    sink: impl FnMut(Unpacked) -> ControlFlow<()>,
+) -> crate::Result<()> {
+    let mut rules = Rules { limits: *limits, taken: 0, total: 0, sink };
+    match kind {
+        ArchiveKind::Zip => unpack_zip_entries(reader, &mut rules),
+        ArchiveKind::Tar => unpack_tar_entries(reader, &mut rules),
+        ArchiveKind::TarGz => unpack_tar_entries(flate2::read::GzDecoder::new(reader), &mut rules),
+    }
+}
+
+/// Reads a tar stream (gzipped or not) entry by entry; unlike a ZIP it needs
+/// no seeking, so it can be read straight off a request body.
+pub fn unpack_stream<R: Read>(
+    kind: ArchiveKind,
+    reader: R,
+    limits: &ArchiveLimits,
+    sink: impl FnMut(Unpacked) -> ControlFlow<()>,
+) -> crate::Result<()> {
+    let mut rules = Rules { limits: *limits, taken: 0, total: 0, sink };
+    match kind {
+        ArchiveKind::Zip => Err(crate::Error::corrupt("ZIP", "a ZIP archive cannot be read as a stream")),
+        ArchiveKind::Tar => unpack_tar_entries(reader, &mut rules),
+        ArchiveKind::TarGz => unpack_tar_entries(flate2::read::GzDecoder::new(reader), &mut rules),
+    }
+}
+
+/// The limits and the running totals they are checked against.
+struct Rules<F> {
+    limits: ArchiveLimits,
+    taken: usize,
+    total: u64,
+    sink: F,
+}
+
+impl<F: FnMut(Unpacked) -> ControlFlow<()>> Rules<F> {
+    fn reject(&mut self, name: String, reason: impl Into<String>) -> ControlFlow<()> {
+        (self.sink)(Unpacked::Rejected(RejectedEntry { name, reason: reason.into() }))
+    }
+
+    /// Reads one file entry within the limits and hands it on.
+    fn take(&mut self, name: String, content: impl Read) -> ControlFlow<()> {
+        if is_hidden(&name) {
+            return ControlFlow::Continue(());
+        }
+        if self.taken >= self.limits.max_entries {
+            return self.reject(name, format!("the archive has more than {} files", self.limits.max_entries));
+        }
+        let room = self.limits.max_entry_bytes.min(self.limits.max_total_bytes.saturating_sub(self.total));
+        let mut bytes = Vec::new();
+        // One byte past the limit tells "exactly at the limit" from "over it".
+        if let Err(err) = content.take(room + 1).read_to_end(&mut bytes) {
+            return self.reject(name, format!("cannot be decompressed: {err}"));
+        }
+        if bytes.len() as u64 > room {
+            let reason = if room < self.limits.max_entry_bytes {
+                format!("the archive expands to more than {} bytes in all", self.limits.max_total_bytes)
+            } else {
+                format!("expands to more than {} bytes", self.limits.max_entry_bytes)
+            };
+            return self.reject(name, reason);
+        }
+        self.taken += 1;
+        self.total += bytes.len() as u64;
+        (self.sink)(Unpacked::Entry(ArchiveEntry { name, bytes }))
+    }
+}
+
+const ESCAPES: &str = "the path leaves the archive (absolute or with ..); not extracted";
+
+fn unpack_zip_entries<R: Read + Seek, F: FnMut(Unpacked) -> ControlFlow<()>>(
+    reader: R,
+    rules: &mut Rules<F>,
+) -> crate::Result<()> {
+    let mut archive = zip::ZipArchive::new(reader).map_err(|err| crate::Error::corrupt("ZIP", err))?;
     for index in 0..archive.len() {
-        let mut entry = match archive.by_index(index) {
+        let entry = match archive.by_index(index) {
             Ok(entry) => entry,
             Err(err) => {
-                rejected.push(RejectedEntry { name: format!("entry {index}"), reason: format!("unreadable: {err}") });
+                if rules.reject(format!("entry {index}"), format!("unreadable: {err}")).is_break() {
+                    break;
+                }
                 continue;
             }
         };
         let name = match entry.name() {
             Ok(name) => name.into_owned(),
             Err(err) => {
-                rejected.push(RejectedEntry { name: format!("entry {index}"), reason: format!("unreadable name: {err}") });
+                if rules.reject(format!("entry {index}"), format!("unreadable name: {err}")).is_break() {
+                    break;
+                }
                 continue;
             }
         };
         if entry.is_dir() {
             continue;
         }
-        let reject = |reason: String| RejectedEntry { name: name.clone(), reason };
         // Checked before the hidden-file rule, which would skip `..` silently.
-        if entry.enclosed_name().is_none() || name.starts_with(['/', '\\']) {
-            rejected.push(reject("the path leaves the archive (absolute or with ..); not extracted".to_owned()));
-            continue;
+        let step = if entry.enclosed_name().is_none() || name.starts_with(['/', '\\']) {
+            rules.reject(name, ESCAPES)
+        } else {
+            rules.take(name, entry)
+        };
+        if step.is_break() {
+            break;
         }
-        if is_hidden(&name) {
-            continue;
-        }
-        if entries.len() >= limits.max_entries {
-            rejected.push(reject(format!("the archive has more than {} files", limits.max_entries)));
-            continue;
-        }
-        let room = limits.max_entry_bytes.min(limits.max_total_bytes.saturating_sub(total));
-        let mut content = Vec::new();
-        // One byte past the limit tells "exactly at the limit" from "over it".
-        if let Err(err) = (&mut entry).take(room + 1).read_to_end(&mut content) {
-            rejected.push(reject(format!("cannot be decompressed: {err}")));
-            continue;
-        }
-        if content.len() as u64 > room {
-            let reason = if room < limits.max_entry_bytes {
-                format!("the archive expands to more than {} bytes in all", limits.max_total_bytes)
-            } else {
-                format!("expands to more than {} bytes", limits.max_entry_bytes)
-            };
-            rejected.push(reject(reason));
-            continue;
-        }
-        total += content.len() as u64;
-        entries.push(ArchiveEntry { name, bytes: content });
     }
-    Ok((entries, rejected))
+    Ok(())
+}
+
+fn unpack_tar_entries<R: Read, F: FnMut(Unpacked) -> ControlFlow<()>>(
+    reader: R,
+    rules: &mut Rules<F>,
+) -> crate::Result<()> {
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|err| crate::Error::corrupt("tar", err))?;
+    for (index, entry) in entries.enumerate() {
+        // A broken header leaves no way to find the next entry.
+        let entry = entry.map_err(|err| crate::Error::corrupt("tar", format!("entry {index}: {err}")))?;
+        let kind = entry.header().entry_type();
+        let name = match entry.path() {
+            // `tar -C dir .` names every entry `./…`.
+            Ok(path) => path.to_string_lossy().trim_start_matches("./").to_owned(),
+            Err(err) => {
+                if rules.reject(format!("entry {index}"), format!("unreadable name: {err}")).is_break() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let step = if kind.is_dir() || kind.is_pax_global_extensions() {
+            ControlFlow::Continue(())
+        } else if !stays_inside(Path::new(&name)) {
+            rules.reject(name, ESCAPES)
+        } else if kind.is_symlink() || kind.is_hard_link() {
+            rules.reject(name, "links are not extracted")
+        } else if !kind.is_file() {
+            rules.reject(name, "not a regular file")
+        } else {
+            rules.take(name, entry)
+        };
+        if step.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is relative and never climbs above where it starts.
+fn stays_inside(path: &Path) -> bool {
+    let mut depth = 0usize;
+    for component in path.components() {
+        match component {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return false,
+            },
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    depth > 0
 }
 
 /// Hidden files and macOS resource forks are packaging, not documents.
@@ -127,7 +304,8 @@ mod tests {
         writer.finish().unwrap().into_inner()
     }
 
-    const LIMITS: ArchiveLimits = ArchiveLimits { max_entries: 10, max_entry_bytes: 1000, max_total_bytes: 1500 };
+    const LIMITS: ArchiveLimits =
+        ArchiveLimits { max_entries: 10, max_entry_bytes: 1000, max_total_bytes: 1500 };
 
     #[test]
     fn unpacks_documents_and_rejects_what_breaks_the_rules() {
@@ -149,6 +327,63 @@ mod tests {
         assert_eq!(entries[0].bytes, b"alpha");
         let rejected: Vec<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(rejected, ["../escape.txt", "/etc/passwd", "bomb.txt"]);
+    }
+
+    #[test]
+    fn tar_archives_follow_the_same_rules() {
+        let bomb = vec![b'a'; 1_000_000];
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut append = |name: &str, kind: tar::EntryType, bytes: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            // set_path refuses `..`, which is exactly what must be tested.
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_entry_type(kind);
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append(&header, bytes).unwrap();
+        };
+        append("./notes/", tar::EntryType::Directory, b"");
+        append("./notes/a.txt", tar::EntryType::Regular, b"alpha");
+        append("notes/../../escape.txt", tar::EntryType::Regular, b"evil");
+        append("/etc/passwd", tar::EntryType::Regular, b"evil");
+        append("link", tar::EntryType::Symlink, b"");
+        append("bomb.txt", tar::EntryType::Regular, &bomb);
+        append("./.hidden", tar::EntryType::Regular, b"skip");
+        append("b.md", tar::EntryType::Regular, b"# B");
+        let tar = builder.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+
+        for (kind, bytes) in [(ArchiveKind::Tar, &tar), (ArchiveKind::TarGz, &gz)] {
+            let mut names = Vec::new();
+            let mut rejected = Vec::new();
+            unpack_stream(kind, bytes.as_slice(), &LIMITS, |item| {
+                match item {
+                    Unpacked::Entry(entry) => names.push((entry.name, entry.bytes)),
+                    Unpacked::Rejected(entry) => rejected.push(entry.name),
+                }
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            assert_eq!(
+                names,
+                [("notes/a.txt".to_owned(), b"alpha".to_vec()), ("b.md".to_owned(), b"# B".to_vec())]
+            );
+            assert_eq!(rejected, ["notes/../../escape.txt", "/etc/passwd", "link", "bomb.txt"], "{kind:?}");
+        }
+        assert!(unpack_stream(ArchiveKind::TarGz, &tar[..], &LIMITS, |_| ControlFlow::Continue(())).is_err());
+    }
+
+    #[test]
+    fn paths_must_stay_inside() {
+        for inside in ["a", "a/b", "./a", "a/../b"] {
+            assert!(stays_inside(Path::new(inside)), "{inside}");
+        }
+        for outside in ["/a", "..", "a/../../b", ".", ""] {
+            assert!(!stays_inside(Path::new(outside)), "{outside}");
+        }
     }
 
     #[test]

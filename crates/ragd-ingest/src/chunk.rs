@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ragd_core::Chunk;
 use serde::Deserialize;
-use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
+use text_splitter::{ChunkConfig, ChunkSizer, CodeSplitter, MarkdownSplitter, TextSplitter};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -96,18 +96,30 @@ impl Chunker {
                 text: String::new(),
                 heading_path: block.heading_path.clone(),
                 token_count: 0,
+                page: None,
             }
             .embedding_text(title);
             let budget =
                 self.config.max_tokens.saturating_sub(self.count_tokens(&header)).max(MIN_CHUNK_TOKENS);
             let overlap = self.config.overlap_tokens.min(budget / 2);
-            let config = ChunkConfig::new(budget)
-                .with_sizer(&self.sizer)
-                .with_overlap(overlap)
-                .expect("overlap is at most half the budget, which is positive");
+            let config = || {
+                ChunkConfig::new(budget)
+                    .with_sizer(&self.sizer)
+                    .with_overlap(overlap)
+                    .expect("overlap is at most half the budget, which is positive")
+            };
             let pieces: Vec<&str> = match block.syntax {
-                Syntax::Markdown => MarkdownSplitter::new(config).chunks(&block.text).collect(),
-                Syntax::Plain => TextSplitter::new(config).chunks(&block.text).collect(),
+                Syntax::Markdown => MarkdownSplitter::new(config()).chunks(&block.text).collect(),
+                Syntax::Plain => TextSplitter::new(config()).chunks(&block.text).collect(),
+                Syntax::Code(language) => match CodeSplitter::new(language.grammar(), config()) {
+                    Ok(splitter) => splitter.chunks(&block.text).collect(),
+                    Err(err) => {
+                        // Only a grammar built for another tree-sitter ABI
+                        // fails here; prose splitting still keeps the text.
+                        tracing::warn!(?language, error = %err, "code grammar unusable, splitting as text");
+                        TextSplitter::new(config()).chunks(&block.text).collect()
+                    }
+                },
             };
             for piece in pieces.into_iter().filter(|piece| !piece.trim().is_empty()) {
                 chunks.push(Chunk {
@@ -115,6 +127,7 @@ impl Chunker {
                     text: piece.to_owned(),
                     heading_path: block.heading_path.clone(),
                     token_count: self.count_tokens(piece),
+                    page: block.page,
                 });
             }
         }
@@ -149,7 +162,7 @@ impl ChunkSizer for TokenSizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extract::Block;
+    use crate::extract::{Block, CodeLanguage};
 
     const TOKENIZER: &str =
         concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/minilm-l6-onnx/tokenizer.json");
@@ -291,5 +304,59 @@ mod tests {
     fn whitespace_only_blocks_give_no_chunks() {
         let chunker = chunker(64, 8);
         assert!(chunker.chunk(&doc(None, vec![Block::plain(vec![], " \n\t ".into())])).is_empty());
+    }
+
+    #[test]
+    fn code_is_cut_between_functions_not_inside_them() {
+        let functions: Vec<String> = (0..8)
+            .map(|i| {
+                format!(
+                    "fn handler_{i}(request: Request) -> Response {{\n    let body = parse(request.body());\n    \
+                     respond(body.field_{i}, {i})\n}}\n"
+                )
+            })
+            .collect();
+        // No blank lines between functions, which prose splitting would
+        // take as paragraph breaks.
+        let source = functions.concat();
+        let chunker = chunker(64, 0);
+        let code = |syntax| doc(None, vec![Block { syntax, ..Block::plain(vec![], source.clone()) }]);
+        let chunks = chunker.chunk(&code(Syntax::Code(CodeLanguage::Rust)));
+        assert!(chunks.len() > 2, "{} chunks", chunks.len());
+        for chunk in &chunks {
+            assert!(chunk.text.starts_with("fn handler_"), "starts mid-function: {:?}", chunk.text);
+            assert!(chunk.text.trim_end().ends_with('}'), "ends mid-function: {:?}", chunk.text);
+        }
+        // The same budget as prose cuts through function bodies.
+        let as_text = chunker.chunk(&code(Syntax::Plain));
+        assert!(as_text.iter().any(|c| !c.text.starts_with("fn handler_")), "{as_text:#?}");
+    }
+
+    #[test]
+    fn every_carried_grammar_loads() {
+        let chunker = chunker(64, 0);
+        for language in [
+            CodeLanguage::C,
+            CodeLanguage::Go,
+            CodeLanguage::Java,
+            CodeLanguage::JavaScript,
+            CodeLanguage::Python,
+            CodeLanguage::Rust,
+        ] {
+            assert!(CodeSplitter::new(language.grammar(), 64).is_ok(), "{language:?}");
+            let block =
+                Block { syntax: Syntax::Code(language), ..Block::plain(vec![], "x = 1\n".repeat(50)) };
+            assert!(!chunker.chunk(&doc(None, vec![block])).is_empty(), "{language:?}");
+        }
+    }
+
+    #[test]
+    fn chunks_know_their_page() {
+        let chunker = chunker(64, 0);
+        let page = |number, text| Block { page: Some(number), ..Block::plain(vec![], text) };
+        let chunks = chunker.chunk(&doc(None, vec![page(1, prose(3)), page(2, prose(12))]));
+        assert_eq!(chunks[0].page, Some(1));
+        assert!(chunks.len() > 2);
+        assert!(chunks[1..].iter().all(|c| c.page == Some(2)), "{chunks:#?}");
     }
 }

@@ -14,6 +14,8 @@ pub enum Error {
     InvalidUtf8,
     #[error("the {format} file is corrupt or unreadable: {reason}")]
     Corrupt { format: &'static str, reason: String },
+    #[error("{0}")]
+    TooLarge(String),
     #[error("the document contains no extractable text")]
     NoText,
     #[error("invalid chunking configuration: {0}")]
@@ -36,6 +38,7 @@ impl From<Error> for ragd_core::Error {
             | Error::InvalidUtf8
             | Error::Corrupt { .. }
             | Error::NoText => ErrorKind::Unprocessable,
+            Error::TooLarge(_) => ErrorKind::TooLarge,
             Error::InvalidConfig(_) => ErrorKind::InvalidInput,
             Error::Tokenizer(_) => ErrorKind::Internal,
         };

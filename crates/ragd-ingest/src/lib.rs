@@ -13,9 +13,12 @@ mod error;
 mod extract;
 mod rows;
 
-pub use archive::{is_zip_archive, unpack_zip, ArchiveEntry, ArchiveLimits, RejectedEntry};
+pub use archive::{
+    archive_kind, is_zip_archive, unpack, unpack_stream, unpack_zip, ArchiveEntry, ArchiveKind,
+    ArchiveLimits, RejectedEntry, Unpacked,
+};
 pub use chunk::{Chunker, ChunkingConfig, MIN_CHUNK_TOKENS};
 pub use detect::{detect_format, Format};
 pub use error::{Error, Result};
+pub use extract::{extract, Block, CodeLanguage, ExtractedDoc, Syntax};
 pub use rows::{row_format, split_rows, RejectedRow, RowDoc, RowFields, RowFormat};
-pub use extract::{extract, Block, ExtractedDoc, Syntax};

@@ -150,6 +150,7 @@ impl IngestPipeline {
                     chunk_index: chunk.index,
                     title: doc.title.clone(),
                     heading_path: chunk.heading_path_text(),
+                    page: chunk.page,
                     text: chunk.text,
                     metadata: doc.metadata.clone(),
                     acl: doc.acl.clone(),

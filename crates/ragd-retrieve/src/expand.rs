@@ -11,6 +11,8 @@ pub struct ContextPassage {
     pub version: i64,
     pub title: String,
     pub heading_path: String,
+    /// Page the passage starts on, in paginated formats.
+    pub page: Option<u32>,
     pub chunk_indices: Vec<u32>,
     /// Ranks (0-based, in the hit list) of the hits this passage contains.
     pub hit_ranks: Vec<usize>,
@@ -82,6 +84,7 @@ pub async fn expand_hits(
             version: head.version,
             title: head.title.clone(),
             heading_path: head.heading_path.clone(),
+            page: chunks.first().and_then(|c| c.page),
             chunk_indices: chunks.iter().map(|c| c.chunk_index).collect(),
             hit_ranks,
             text: join_overlapping(chunks.iter().map(|c| c.text.as_str())),
@@ -157,6 +160,7 @@ mod tests {
                 chunk_index,
                 title: String::new(),
                 heading_path: String::new(),
+                page: None,
                 text: format!("chunk {chunk_index}"),
                 metadata: Default::default(),
                 acl: Vec::new(),

@@ -149,6 +149,7 @@ impl Prepared {
             "document_id": p.document.to_string(),
             "title": p.title,
             "heading_path": p.heading_path,
+            "page": p.page,
             "chunk_ids": chunk_ids(p),
             "hit_ranks": p.hit_ranks.iter().map(|r| r + 1).collect::<Vec<_>>(),
             "text": p.text,

@@ -231,6 +231,8 @@ pub struct HitView {
     pub document_id: String,
     pub title: String,
     pub heading_path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
     pub chunk_index: u32,
     pub text: String,
     pub metadata: Map<String, Value>,
@@ -256,6 +258,7 @@ impl HitView {
             document_id: p.document.to_string(),
             title: p.title.clone(),
             heading_path: p.heading_path.clone(),
+            page: p.page,
             chunk_index: p.chunk_index,
             text: p.text.clone(),
             metadata: p.metadata.clone(),

@@ -62,6 +62,13 @@ impl BlobStore {
         .await
     }
 
+    /// An unnamed file beside the blobs for spooling an upload; it is gone
+    /// once closed, even after a crash.
+    pub async fn scratch_file(&self) -> Result<std::fs::File> {
+        let root = self.root.clone();
+        blocking(move || Ok(tempfile::tempfile_in(root)?)).await
+    }
+
     /// Removes the blob; removing an absent blob succeeds.
     #[tracing::instrument(name = "blob.delete", skip_all, fields(%hash))]
     pub async fn delete(&self, hash: &ContentHash) -> Result<()> {
@@ -95,9 +102,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(work).await.map_err(|err| Error::Io(io::Error::other(err)))?
 }
 

@@ -124,6 +124,7 @@ async fn optimizer_builds_hnsw_and_search_still_finds_points() {
                     chunk_index: i,
                     title: String::new(),
                     heading_path: String::new(),
+                    page: None,
                     text: format!("chunk {i}"),
                     metadata: serde_json::Map::new(),
                     acl: Vec::new(),

@@ -36,6 +36,46 @@ pub enum Syntax {
     #[default]
     Plain,
     Markdown,
+    /// Source code in a language whose grammar ragd carries.
+    Code(CodeLanguage),
+}
+
+/// The languages chunked on syntax boundaries (functions, classes, blocks)
+/// rather than as prose; other code is chunked as plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeLanguage {
+    C,
+    Go,
+    Java,
+    JavaScript,
+    Python,
+    Rust,
+}
+
+impl CodeLanguage {
+    /// The language a detected `Format::Code` names, if its grammar is here.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "c" => Self::C,
+            "go" => Self::Go,
+            "java" => Self::Java,
+            "javascript" => Self::JavaScript,
+            "python" => Self::Python,
+            "rust" => Self::Rust,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn grammar(self) -> tree_sitter_language::LanguageFn {
+        match self {
+            Self::C => tree_sitter_c::LANGUAGE,
+            Self::Go => tree_sitter_go::LANGUAGE,
+            Self::Java => tree_sitter_java::LANGUAGE,
+            Self::JavaScript => tree_sitter_javascript::LANGUAGE,
+            Self::Python => tree_sitter_python::LANGUAGE,
+            Self::Rust => tree_sitter_rust::LANGUAGE,
+        }
+    }
 }
 
 impl Block {
@@ -49,10 +89,15 @@ pub fn extract(format: &Format, bytes: &[u8]) -> Result<ExtractedDoc> {
         return Err(Error::Empty);
     }
     let mut doc = match format {
-        Format::Text | Format::Code(_) => ExtractedDoc {
+        Format::Text => ExtractedDoc {
             blocks: vec![Block::plain(Vec::new(), decode_text(bytes)?.to_owned())],
             ..Default::default()
         },
+        Format::Code(language) => {
+            let syntax = CodeLanguage::from_name(language).map_or(Syntax::Plain, Syntax::Code);
+            let block = Block { syntax, ..Block::plain(Vec::new(), decode_text(bytes)?.to_owned()) };
+            ExtractedDoc { blocks: vec![block], ..Default::default() }
+        }
         Format::Markdown => markdown::extract(decode_text(bytes)?),
         Format::Html => html::extract(decode_text(bytes)?),
         Format::Pdf => pdf::extract(bytes)?,

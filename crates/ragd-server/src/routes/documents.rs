@@ -4,21 +4,27 @@
 //! together and answers 202: the work happens in jobs, and `GET` shows its
 //! progress and any failure. Content already in the collection is not
 //! ingested again, and a known `external_id` with new content makes a new
-//! version of its document. Bulk and multipart uploads form a batch, whose
+//! version of its document. Bulk, multipart and archive uploads (a ZIP or
+//! tar body, or archives among multipart files) form a batch, whose
 //! progress `/v1/batches/{batch}` reports.
+
+use std::io::{Read, Seek};
+use std::ops::ControlFlow;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{StreamExt, TryStreamExt};
 use ragd_core::{ContentHash, DocumentId, ErrorKind};
+use ragd_ingest::{ArchiveKind, ArchiveLimits, RowFields, Unpacked};
 use ragd_store::{AddOutcome, BatchId, CollectionRecord, DocumentRecord, NewBatch, NewDocument};
-use ragd_ingest::{ArchiveEntry, ArchiveLimits, RowFields};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{json, Map, Value};
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::collections::resolve;
 use crate::error::{ApiError, ApiResult};
@@ -60,7 +66,12 @@ struct DocumentFields {
 }
 
 impl DocumentFields {
-    fn parse(title: String, metadata: Map<String, Value>, external_id: Option<String>, acl: Vec<String>) -> ApiResult<Self> {
+    fn parse(
+        title: String,
+        metadata: Map<String, Value>,
+        external_id: Option<String>,
+        acl: Vec<String>,
+    ) -> ApiResult<Self> {
         if title.len() > MAX_TITLE {
             return Err(ApiError::invalid(format!("title is longer than {MAX_TITLE} bytes")));
         }
@@ -70,7 +81,9 @@ impl DocumentFields {
             }
         }
         for key in metadata.keys() {
-            let ok = !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let ok = !key.is_empty()
+                && key.len() <= 64
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !ok {
                 return Err(ApiError::invalid(format!(
                     "metadata key {key:?} must be 1-64 characters of letters, digits, '-' or '_' (so it can be filtered on)"
@@ -81,7 +94,9 @@ impl DocumentFields {
             return Err(ApiError::invalid(format!("metadata is larger than {MAX_METADATA_BYTES} bytes")));
         }
         if acl.len() > MAX_ACL_ENTRIES || acl.iter().any(|p| p.is_empty() || p.len() > 256) {
-            return Err(ApiError::invalid(format!("acl must hold at most {MAX_ACL_ENTRIES} principals of 1-256 bytes")));
+            return Err(ApiError::invalid(format!(
+                "acl must hold at most {MAX_ACL_ENTRIES} principals of 1-256 bytes"
+            )));
         }
         Ok(Self { title, metadata, external_id, acl })
     }
@@ -126,13 +141,17 @@ async fn add(
                 .map_err(|e| ApiError::invalid(e.body_text()))?;
             add_files(&state, &collection, multipart).await
         }
-        _ => Err(ApiError::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "Content-Type {content_type:?} is not accepted here; send application/json, \
-                 application/x-ndjson or multipart/form-data"
-            ),
-        )),
+        other => match ArchiveKind::from_media_type(other) {
+            Some(kind) => add_archive(&state, &collection, kind, request.into_body()).await,
+            None => Err(ApiError::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "Content-Type {content_type:?} is not accepted here; send application/json, \
+                     application/x-ndjson, multipart/form-data, or an archive as application/zip, \
+                     application/x-tar or application/gzip (a gzipped tar)"
+                ),
+            )),
+        },
     }
 }
 
@@ -158,7 +177,12 @@ impl Draft {
         }
         let title = body.title.unwrap_or_else(|| title_from_text(&body.text));
         let fields = DocumentFields::parse(title, body.metadata, body.external_id, body.acl)?;
-        Ok(Self { fields, source_name: None, media_type: "text/plain".to_owned(), bytes: body.text.into_bytes() })
+        Ok(Self {
+            fields,
+            source_name: None,
+            media_type: "text/plain".to_owned(),
+            bytes: body.text.into_bytes(),
+        })
     }
 }
 
@@ -203,7 +227,11 @@ impl<K> Group<K> {
     }
 }
 
-async fn store_bytes(state: &AppState, collection: &CollectionRecord, draft: Draft) -> ApiResult<NewDocument> {
+async fn store_bytes(
+    state: &AppState,
+    collection: &CollectionRecord,
+    draft: Draft,
+) -> ApiResult<NewDocument> {
     let content_hash: ContentHash = state.blobs.put(&draft.bytes).await?;
     Ok(NewDocument {
         id: DocumentId::new(),
@@ -232,7 +260,8 @@ async fn add_json(state: &AppState, collection: &CollectionRecord, body: AddDocu
         .pop()
         .map(|(_, outcome)| outcome)
         .ok_or_else(|| ApiError::new(ErrorKind::Internal, "adding the document gave no outcome"))?;
-    let status = if matches!(outcome, AddOutcome::Duplicate(_)) { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status =
+        if matches!(outcome, AddOutcome::Duplicate(_)) { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(DocumentView::from(&outcome))).into_response())
 }
 
@@ -265,7 +294,9 @@ async fn add_ndjson(state: &AppState, collection: &CollectionRecord, body: Body)
                 LineContent::TooLong => {
                     report.reject(
                         line.number,
-                        format!("the line is longer than the {max_document_bytes} byte limit for one document"),
+                        format!(
+                            "the line is longer than the {max_document_bytes} byte limit for one document"
+                        ),
                     );
                     continue;
                 }
@@ -464,19 +495,17 @@ impl LineSplitter {
     }
 }
 
-async fn add_files(state: &AppState, collection: &CollectionRecord, mut multipart: Multipart) -> ApiResult<Response> {
-    let batch = BatchId::new();
-    let mut outcomes = Vec::new();
-    let mut group = Group::new();
-    let mut rejected = Vec::new();
-    let mut metadata = Map::new();
-    let mut text_field = "text".to_owned();
-    let mut title_field = "title".to_owned();
+async fn add_files(
+    state: &AppState,
+    collection: &CollectionRecord,
+    mut multipart: Multipart,
+) -> ApiResult<Response> {
+    let mut intake = FileIntake::new(state, collection);
     while let Some(mut field) = multipart.next_field().await.map_err(|e| ApiError::invalid(e.body_text()))? {
         let name = field.name().unwrap_or("").to_owned();
         if name == "metadata" {
             let text = field.text().await.map_err(|e| ApiError::invalid(e.body_text()))?;
-            metadata = serde_json::from_str(&text)
+            intake.metadata = serde_json::from_str(&text)
                 .map_err(|e| ApiError::invalid(format!("the metadata field must be a JSON object: {e}")))?;
             continue;
         }
@@ -485,11 +514,17 @@ async fn add_files(state: &AppState, collection: &CollectionRecord, mut multipar
             if value.is_empty() || value.len() > 64 {
                 return Err(ApiError::invalid(format!("{name} must be 1-64 bytes")));
             }
-            if name == "text_field" { text_field = value } else { title_field = value }
+            if name == "text_field" {
+                intake.text_field = value
+            } else {
+                intake.title_field = value
+            }
             continue;
         }
         if name != "file" && name != "files" {
-            return Err(ApiError::invalid(format!("unexpected form field {name:?}; send files in fields named \"file\"")));
+            return Err(ApiError::invalid(format!(
+                "unexpected form field {name:?}; send files in fields named \"file\""
+            )));
         }
         let file_name = field.file_name().map(str::to_owned);
         let claimed_type = field.content_type().map(str::to_owned);
@@ -505,112 +540,298 @@ async fn add_files(state: &AppState, collection: &CollectionRecord, mut multipar
             bytes.extend_from_slice(&piece);
         }
         if too_large {
-            rejected.push(json!({"file": label, "reason": format!("larger than the {} byte limit", state.server.max_document_bytes)}));
+            intake.reject(label, format!("larger than the {} byte limit", state.server.max_document_bytes));
             continue;
         }
-        if let Some(row_format) = ragd_ingest::row_format(file_name.as_deref()) {
-            let fields = RowFields { text: &text_field, title: &title_field };
-            let (rows, refused) = match ragd_ingest::split_rows(row_format, &bytes, fields) {
-                Ok(split) => split,
-                Err(error) => {
-                    rejected.push(json!({"file": label, "reason": ragd_core::Error::from(error).message()}));
-                    continue;
-                }
-            };
-            for row in refused {
-                rejected.push(json!({"file": format!("{label}#{}", row.row), "reason": row.reason}));
+        match ragd_ingest::archive_kind(file_name.as_deref(), &bytes) {
+            Some(kind) => {
+                let limits = archive_limits(state);
+                let (sender, receiver) = tokio::sync::mpsc::channel(ARCHIVE_QUEUE);
+                let unpacking = tokio::task::spawn_blocking(move || {
+                    ragd_ingest::unpack(kind, std::io::Cursor::new(bytes), &limits, |item| {
+                        hand_over(&sender, item)
+                    })
+                });
+                intake.take_archive(Some(&label), receiver, unpacking).await?;
             }
-            for row in rows {
-                let mut row_metadata = metadata.clone();
-                row_metadata.extend(row.metadata);
-                let title = row.title.unwrap_or_else(|| format!("{} row {}", title_from_file_name(&label), row.row));
-                let fields = match DocumentFields::parse(title, row_metadata, None, Vec::new()) {
-                    Ok(fields) => fields,
-                    Err(ApiError(error)) => {
-                        rejected.push(json!({"file": format!("{label}#{}", row.row), "reason": error.message()}));
-                        continue;
-                    }
-                };
-                let source_name = Some(format!("{label}#{}", row.row));
-                let draft = Draft { fields, source_name, media_type: "text/plain".to_owned(), bytes: row.text.into_bytes() };
-                if group.push((), draft) {
-                    outcomes.extend(group.write(state, collection, Some(batch)).await?);
-                }
-            }
-            continue;
-        }
-        let mut files = Vec::new();
-        if ragd_ingest::is_zip_archive(&bytes) {
-            let limits = ArchiveLimits {
-                max_entries: state.server.max_archive_files,
-                max_entry_bytes: state.server.max_document_bytes as u64,
-                max_total_bytes: state.server.max_archive_bytes,
-            };
-            let unpacked = tokio::task::spawn_blocking(move || ragd_ingest::unpack_zip(&bytes, &limits))
-                .await
-                .map_err(|e| ApiError(ragd_core::Error::with_source(ErrorKind::Internal, "unpacking failed", e)))?;
-            let (entries, refused) = match unpacked {
-                Ok(unpacked) => unpacked,
-                Err(error) => {
-                    rejected.push(json!({"file": label, "reason": ragd_core::Error::from(error).message()}));
-                    continue;
-                }
-            };
-            for entry in refused {
-                rejected.push(json!({"file": format!("{label}/{}", entry.name), "reason": entry.reason}));
-            }
-            files.extend(entry_files(&label, entries));
-        } else {
-            files.push((file_name, claimed_type, bytes));
-        }
-        for (file_name, claimed_type, bytes) in files {
-            let label = file_name.clone().unwrap_or_else(|| "(unnamed)".to_owned());
-            let format = match ragd_ingest::detect_format(file_name.as_deref(), claimed_type.as_deref(), &bytes) {
-                Ok(format) => format,
-                Err(error) => {
-                    rejected.push(json!({"file": label, "reason": ragd_core::Error::from(error).message()}));
-                    continue;
-                }
-            };
-            let title = file_name.as_deref().map(title_from_file_name).unwrap_or_default();
-            let fields = DocumentFields::parse(title, metadata.clone(), None, Vec::new())?;
-            let draft = Draft { fields, source_name: file_name, media_type: format.media_type(), bytes };
-            if group.push((), draft) {
-                outcomes.extend(group.write(state, collection, Some(batch)).await?);
-            }
+            None => intake.take_file(file_name, claimed_type, bytes).await?,
         }
     }
-    outcomes.extend(group.write(state, collection, Some(batch)).await?);
-    if outcomes.is_empty() {
-        let reasons: Vec<String> = rejected
-            .iter()
-            .map(|r| format!("{}: {}", r["file"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or("")))
-            .collect();
-        if reasons.is_empty() {
-            return Err(ApiError::invalid("no files in the request; send them in form fields named \"file\""));
-        }
-        return Err(ApiError::new(ErrorKind::Unprocessable, format!("no file was accepted: {}", reasons.join("; "))));
-    }
-    let duplicates = outcomes.iter().filter(|(_, outcome)| matches!(outcome, AddOutcome::Duplicate(_))).count() as i64;
-    state
-        .store
-        .create_batch(&NewBatch {
-            id: batch,
-            collection: collection.id,
-            tenant: collection.tenant.clone(),
-            accepted: outcomes.len() as i64 - duplicates,
-            duplicates,
-            rejected: rejected.len() as i64,
-        })
-        .await?;
-    let documents: Vec<DocumentView> = outcomes.iter().map(|(_, outcome)| DocumentView::from(outcome)).collect();
-    let body = json!({"batch_id": batch.to_string(), "documents": documents, "rejected": rejected});
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    intake.finish().await
 }
 
-/// An archive's files as uploads named `archive.zip/path/in/archive`.
-fn entry_files(archive: &str, entries: Vec<ArchiveEntry>) -> impl Iterator<Item = (Option<String>, Option<String>, Vec<u8>)> + '_ {
-    entries.into_iter().map(move |entry| (Some(format!("{archive}/{}", entry.name)), None, entry.bytes))
+/// Entries an archive unpacker may run ahead of the writes.
+const ARCHIVE_QUEUE: usize = 4;
+
+fn archive_limits(state: &AppState) -> ArchiveLimits {
+    ArchiveLimits {
+        max_entries: state.server.max_archive_files,
+        max_entry_bytes: state.server.max_document_bytes as u64,
+        max_total_bytes: state.server.max_archive_bytes,
+    }
+}
+
+/// Passes an unpacked entry from the blocking pool to the request; stops the
+/// unpacking when the request has gone.
+fn hand_over(sender: &tokio::sync::mpsc::Sender<Unpacked>, item: Unpacked) -> ControlFlow<()> {
+    match sender.blocking_send(item) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(_) => ControlFlow::Break(()),
+    }
+}
+
+/// A ZIP or tar archive sent as the whole body: its files become one batch.
+/// A tar stream is unpacked as it arrives; a ZIP keeps its directory at the
+/// end, so it is spooled to a scratch file first. Either way only one entry
+/// at a time is in memory.
+async fn add_archive(
+    state: &AppState,
+    collection: &CollectionRecord,
+    kind: ArchiveKind,
+    body: Body,
+) -> ApiResult<Response> {
+    let limits = archive_limits(state);
+    let max_body = state.server.max_archive_bytes;
+    let (sender, receiver) = tokio::sync::mpsc::channel(ARCHIVE_QUEUE);
+    let unpacking = match kind {
+        ArchiveKind::Zip => {
+            let file = spool(state, body, max_body).await?;
+            tokio::task::spawn_blocking(move || {
+                ragd_ingest::unpack(kind, file, &limits, |item| hand_over(&sender, item))
+            })
+        }
+        ArchiveKind::Tar | ArchiveKind::TarGz => {
+            let stream = body.into_data_stream().map_err(std::io::Error::other);
+            let reader = SyncIoBridge::new(StreamReader::new(stream));
+            tokio::task::spawn_blocking(move || {
+                let mut bounded = reader.take(max_body + 1);
+                let result =
+                    ragd_ingest::unpack_stream(kind, &mut bounded, &limits, |item| hand_over(&sender, item));
+                if bounded.limit() == 0 {
+                    return Err(ragd_ingest::Error::TooLarge(format!(
+                        "the archive is larger than {max_body} bytes"
+                    )));
+                }
+                result
+            })
+        }
+    };
+    let mut intake = FileIntake::new(state, collection);
+    intake.take_archive(None, receiver, unpacking).await?;
+    intake.finish().await
+}
+
+/// Writes the body to an unnamed scratch file beside the blobs, up to
+/// `limit` bytes.
+async fn spool(state: &AppState, body: Body, limit: u64) -> ApiResult<std::fs::File> {
+    let file = state.blobs.scratch_file().await?;
+    let mut writer = tokio::fs::File::from_std(file);
+    let mut stream = body.into_data_stream();
+    let mut written: u64 = 0;
+    while let Some(piece) = stream.next().await {
+        let piece =
+            piece.map_err(|e| ApiError::invalid(format!("the request body could not be read: {e}")))?;
+        written += piece.len() as u64;
+        if written > limit {
+            return Err(ApiError::new(
+                ErrorKind::TooLarge,
+                format!("the archive is larger than {limit} bytes"),
+            ));
+        }
+        writer.write_all(&piece).await.map_err(scratch_error)?;
+    }
+    writer.flush().await.map_err(scratch_error)?;
+    let mut file = writer.into_std().await;
+    file.seek(std::io::SeekFrom::Start(0)).map_err(scratch_error)?;
+    Ok(file)
+}
+
+fn scratch_error(error: std::io::Error) -> ApiError {
+    ApiError(ragd_core::Error::with_source(
+        ErrorKind::Internal,
+        "the upload could not be spooled to disk",
+        error,
+    ))
+}
+
+/// Files of one multipart request or archive on their way to a batch:
+/// each becomes a document (or, for CSV and JSONL, one per row), and what
+/// cannot be taken is listed with the reason.
+struct FileIntake<'a> {
+    state: &'a AppState,
+    collection: &'a CollectionRecord,
+    batch: BatchId,
+    group: Group<()>,
+    outcomes: Vec<((), AddOutcome)>,
+    rejected: Vec<Value>,
+    metadata: Map<String, Value>,
+    text_field: String,
+    title_field: String,
+}
+
+impl<'a> FileIntake<'a> {
+    fn new(state: &'a AppState, collection: &'a CollectionRecord) -> Self {
+        Self {
+            state,
+            collection,
+            batch: BatchId::new(),
+            group: Group::new(),
+            outcomes: Vec::new(),
+            rejected: Vec::new(),
+            metadata: Map::new(),
+            text_field: "text".to_owned(),
+            title_field: "title".to_owned(),
+        }
+    }
+
+    fn reject(&mut self, file: String, reason: impl Into<String>) {
+        self.rejected.push(json!({"file": file, "reason": reason.into()}));
+    }
+
+    async fn push(&mut self, draft: Draft) -> ApiResult<()> {
+        if self.group.push((), draft) {
+            let written = self.group.write(self.state, self.collection, Some(self.batch)).await?;
+            self.outcomes.extend(written);
+        }
+        Ok(())
+    }
+
+    /// Takes the entries an unpacker hands over, named `archive/path` when
+    /// the archive has a name; an unreadable archive is one rejection.
+    async fn take_archive(
+        &mut self,
+        archive: Option<&str>,
+        mut entries: tokio::sync::mpsc::Receiver<Unpacked>,
+        unpacking: tokio::task::JoinHandle<ragd_ingest::Result<()>>,
+    ) -> ApiResult<()> {
+        let path =
+            |name: &str| archive.map_or_else(|| name.to_owned(), |archive| format!("{archive}/{name}"));
+        while let Some(item) = entries.recv().await {
+            match item {
+                Unpacked::Entry(entry) => self.take_file(Some(path(&entry.name)), None, entry.bytes).await?,
+                Unpacked::Rejected(entry) => self.reject(path(&entry.name), entry.reason),
+            }
+        }
+        let result = unpacking.await.map_err(|e| {
+            ApiError(ragd_core::Error::with_source(ErrorKind::Internal, "unpacking failed", e))
+        })?;
+        if let Err(error) = result {
+            let error = ragd_core::Error::from(error);
+            // A body that is too large fails the request, as any other body would.
+            if archive.is_none() && error.kind() == ErrorKind::TooLarge {
+                return Err(ApiError(error));
+            }
+            self.reject(archive.unwrap_or("(archive)").to_owned(), error.message());
+        }
+        Ok(())
+    }
+
+    async fn take_file(
+        &mut self,
+        file_name: Option<String>,
+        claimed_type: Option<String>,
+        bytes: Vec<u8>,
+    ) -> ApiResult<()> {
+        let label = file_name.clone().unwrap_or_else(|| "(unnamed)".to_owned());
+        if let Some(row_format) = ragd_ingest::row_format(file_name.as_deref()) {
+            return self.take_rows(&label, row_format, &bytes).await;
+        }
+        let format = match ragd_ingest::detect_format(file_name.as_deref(), claimed_type.as_deref(), &bytes) {
+            Ok(format) => format,
+            Err(error) => {
+                self.reject(label, ragd_core::Error::from(error).message());
+                return Ok(());
+            }
+        };
+        let title = file_name.as_deref().map(title_from_file_name).unwrap_or_default();
+        let fields = DocumentFields::parse(title, self.metadata.clone(), None, Vec::new())?;
+        self.push(Draft { fields, source_name: file_name, media_type: format.media_type(), bytes }).await
+    }
+
+    async fn take_rows(
+        &mut self,
+        label: &str,
+        row_format: ragd_ingest::RowFormat,
+        bytes: &[u8],
+    ) -> ApiResult<()> {
+        let fields = RowFields { text: &self.text_field, title: &self.title_field };
+        let (rows, refused) = match ragd_ingest::split_rows(row_format, bytes, fields) {
+            Ok(split) => split,
+            Err(error) => {
+                self.reject(label.to_owned(), ragd_core::Error::from(error).message());
+                return Ok(());
+            }
+        };
+        for row in refused {
+            self.reject(format!("{label}#{}", row.row), row.reason);
+        }
+        for row in rows {
+            let mut row_metadata = self.metadata.clone();
+            row_metadata.extend(row.metadata);
+            let title =
+                row.title.unwrap_or_else(|| format!("{} row {}", title_from_file_name(label), row.row));
+            let fields = match DocumentFields::parse(title, row_metadata, None, Vec::new()) {
+                Ok(fields) => fields,
+                Err(ApiError(error)) => {
+                    self.reject(format!("{label}#{}", row.row), error.message());
+                    continue;
+                }
+            };
+            let source_name = Some(format!("{label}#{}", row.row));
+            self.push(Draft {
+                fields,
+                source_name,
+                media_type: "text/plain".to_owned(),
+                bytes: row.text.into_bytes(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and records the batch: 202 with its documents and
+    /// rejections, or 4xx when nothing at all was taken.
+    async fn finish(mut self) -> ApiResult<Response> {
+        let written = self.group.write(self.state, self.collection, Some(self.batch)).await?;
+        self.outcomes.extend(written);
+        if self.outcomes.is_empty() {
+            let reasons: Vec<String> = self
+                .rejected
+                .iter()
+                .map(|r| {
+                    format!("{}: {}", r["file"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or(""))
+                })
+                .collect();
+            if reasons.is_empty() {
+                return Err(ApiError::invalid(
+                    "no files in the request; send them in form fields named \"file\"",
+                ));
+            }
+            return Err(ApiError::new(
+                ErrorKind::Unprocessable,
+                format!("no file was accepted: {}", reasons.join("; ")),
+            ));
+        }
+        let duplicates =
+            self.outcomes.iter().filter(|(_, outcome)| matches!(outcome, AddOutcome::Duplicate(_))).count()
+                as i64;
+        self.state
+            .store
+            .create_batch(&NewBatch {
+                id: self.batch,
+                collection: self.collection.id,
+                tenant: self.collection.tenant.clone(),
+                accepted: self.outcomes.len() as i64 - duplicates,
+                duplicates,
+                rejected: self.rejected.len() as i64,
+            })
+            .await?;
+        let documents: Vec<DocumentView> =
+            self.outcomes.iter().map(|(_, outcome)| DocumentView::from(outcome)).collect();
+        let body =
+            json!({"batch_id": self.batch.to_string(), "documents": documents, "rejected": self.rejected});
+        Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    }
 }
 
 fn title_from_text(text: &str) -> String {
@@ -650,12 +871,18 @@ async fn list(
     }
     let after = params.after.as_deref().map(str::parse::<DocumentId>).transpose()?;
     let documents = state.store.list_documents(collection.id, after, limit).await?;
-    let next_after = (documents.len() == limit as usize).then(|| documents.last().map(|d| d.id.to_string())).flatten();
+    let next_after =
+        (documents.len() == limit as usize).then(|| documents.last().map(|d| d.id.to_string())).flatten();
     let views: Vec<DocumentView> = documents.iter().map(DocumentView::from).collect();
     Ok(Json(json!({"documents": views, "next_after": next_after})))
 }
 
-async fn find(state: &AppState, caller: &Caller, collection: &str, document: &str) -> ApiResult<DocumentRecord> {
+async fn find(
+    state: &AppState,
+    caller: &Caller,
+    collection: &str,
+    document: &str,
+) -> ApiResult<DocumentRecord> {
     let collection = resolve(state, &caller.tenant, collection).await?;
     let id: DocumentId = document.parse()?;
     Ok(state.store.get_document(collection.id, id).await?)
