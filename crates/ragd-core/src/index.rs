@@ -85,6 +85,46 @@ pub struct IndexHit {
 pub struct CollectionIndexSpec {
     pub collection: CollectionId,
     pub dimensions: usize,
+    pub settings: IndexSettings,
+}
+
+/// How a collection is laid out in the vector engine, chosen when it is
+/// created. Shards and replicas exist only in a Qdrant cluster; the
+/// embedded engine refuses more than one of each.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexSettings {
+    /// Shards the collection is split into; the engine's default when unset.
+    pub shard_number: Option<u32>,
+    /// Copies of each shard; the engine's default when unset.
+    pub replication_factor: Option<u32>,
+    /// Dense vectors (and payloads) memory-mapped from disk instead of held
+    /// in RAM.
+    pub on_disk: bool,
+    pub quantization: Quantization,
+}
+
+/// Compression of the dense vectors; searches score on the compressed
+/// vectors and rescore the best candidates with the originals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    #[default]
+    None,
+    /// Scalar quantization to 8-bit integers (4x smaller, kept in RAM).
+    Int8,
+}
+
+impl IndexSettings {
+    /// Rejects counts of zero, which no engine accepts.
+    pub fn validate(&self) -> Result<()> {
+        for (name, value) in [("shard_number", self.shard_number), ("replication_factor", self.replication_factor)] {
+            if value == Some(0) {
+                return Err(crate::Error::new(crate::ErrorKind::InvalidInput, format!("{name} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]

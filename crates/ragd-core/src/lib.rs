@@ -19,7 +19,7 @@ pub use ids::{
     CollectionId, CollectionName, ContentHash, DocumentId, JobId, TenantId, TopK, point_id,
 };
 pub use index::{
-    ChunkPayload, CollectionIndexSpec, HybridQuery, IndexHit, IndexPoint, SearchMode,
-    SparseVector, VectorIndex,
+    ChunkPayload, CollectionIndexSpec, HybridQuery, IndexHit, IndexPoint, IndexSettings, Quantization,
+    SearchMode, SparseVector, VectorIndex,
 };
 pub use model::{Chunk, DocumentStatus, Embedder, SparseEncoder};

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 
 use ragd_core::{
     point_id, ChunkPayload, CollectionId, CollectionIndexSpec, Condition, DocumentId, ErrorKind, Filter,
+    IndexSettings, Quantization,
     FilterValue, HybridQuery, IndexHit, IndexPoint, SearchMode, SparseVector, TenantId, VectorIndex,
 };
 use serde_json::{json, Map, Value};
@@ -24,6 +25,7 @@ const RARE_TERM: u32 = 99;
 /// Runs every check except the two persistence halves.
 pub async fn run_all(index: &dyn VectorIndex) {
     collection_lifecycle(index).await;
+    compressed_on_disk_collection(index).await;
     dense_search(index).await;
     sparse_search(index).await;
     hybrid_search(index).await;
@@ -143,7 +145,7 @@ impl Fixture {
 pub async fn collection_lifecycle(index: &dyn VectorIndex) {
     let collection = new_collection(index).await;
     index.create_collection(&spec(collection)).await.expect("create is idempotent");
-    let conflicting = CollectionIndexSpec { collection, dimensions: DIMENSIONS + 1 };
+    let conflicting = CollectionIndexSpec { dimensions: DIMENSIONS + 1, ..spec(collection) };
     assert_kind(
         index.create_collection(&conflicting).await,
         ErrorKind::Conflict,
@@ -177,6 +179,55 @@ pub async fn collection_lifecycle(index: &dyn VectorIndex) {
         ErrorKind::NotFound,
         "delete in unknown collection",
     );
+}
+
+/// A collection stored on disk with int8 vectors finds the same nearest
+/// neighbour as an uncompressed one (rescoring uses the originals).
+pub async fn compressed_on_disk_collection(index: &dyn VectorIndex) {
+    let collection = CollectionId::new();
+    let settings = IndexSettings { on_disk: true, quantization: Quantization::Int8, ..IndexSettings::default() };
+    index.create_collection(&CollectionIndexSpec { settings, ..spec(collection) }).await.expect("create compressed collection");
+    let tenant = TenantId::parse("tenant-q").unwrap();
+    let points: Vec<IndexPoint> = (0..20u32)
+        .map(|i| {
+            let angle = i as f32 / 10.0;
+            let document = DocumentId::new();
+            IndexPoint {
+                id: point_id(document, 1, 0),
+                dense: vec![angle.cos(), angle.sin(), 0.1, 0.0],
+                sparse: SparseVector { indices: vec![COMMON_TERM], values: vec![1.0] },
+                payload: ChunkPayload {
+                    tenant: tenant.clone(),
+                    collection,
+                    document,
+                    version: 1,
+                    chunk_index: 0,
+                    title: format!("point {i}"),
+                    heading_path: String::new(),
+                    page: None,
+                    text: format!("point {i}"),
+                    metadata: Map::new(),
+                    acl: Vec::new(),
+                },
+            }
+        })
+        .collect();
+    index.upsert(collection, points).await.expect("upsert into compressed collection");
+    let target = 1.3f32;
+    let query = HybridQuery {
+        tenant,
+        collection,
+        dense: vec![target.cos(), target.sin(), 0.1, 0.0],
+        sparse: SparseVector::default(),
+        mode: SearchMode::Dense,
+        limit: 1,
+        candidates: 10,
+        filter: Filter::default(),
+        principals: None,
+    };
+    let hits = index.search(&query).await.expect("search compressed collection");
+    assert_eq!(hits[0].payload.title, "point 13");
+    index.drop_collection(collection).await.unwrap();
 }
 
 pub async fn dense_search(index: &dyn VectorIndex) {
@@ -474,7 +525,7 @@ async fn new_collection(index: &dyn VectorIndex) -> CollectionId {
 }
 
 fn spec(collection: CollectionId) -> CollectionIndexSpec {
-    CollectionIndexSpec { collection, dimensions: DIMENSIONS }
+    CollectionIndexSpec { collection, dimensions: DIMENSIONS, settings: IndexSettings::default() }
 }
 
 /// Points of the default tenant whose dense vector points along axis

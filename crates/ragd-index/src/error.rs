@@ -25,6 +25,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidPoint(String),
 
+    /// The engine cannot be reached; the message is for logs only.
+    #[error("vector engine unreachable: {0}")]
+    Unavailable(String),
+
     #[error("cannot access {path}")]
     Io {
         path: PathBuf,
@@ -50,6 +54,7 @@ impl From<Error> for ragd_core::Error {
             Error::Engine(_) | Error::Io { .. } => {
                 (ErrorKind::Internal, "the vector index failed".to_owned())
             }
+            Error::Unavailable(_) => (ErrorKind::Unavailable, "the vector index is unreachable".to_owned()),
             Error::UnknownCollection(_) => (ErrorKind::NotFound, err.to_string()),
             Error::DimensionsConflict { .. } => (ErrorKind::Conflict, err.to_string()),
             Error::InvalidQuery(message) | Error::InvalidPoint(message) | Error::Config(message) => {
@@ -74,6 +79,7 @@ mod tests {
                 ErrorKind::Internal,
                 "vector index failed",
             ),
+            (Error::Unavailable("tcp 10.0.0.7:6334 refused".into()), ErrorKind::Unavailable, "unreachable"),
             (Error::UnknownCollection(collection), ErrorKind::NotFound, "no vector index"),
             (
                 Error::DimensionsConflict { collection, existing: 384, requested: 768 },
@@ -97,6 +103,7 @@ mod tests {
             assert_eq!(core.kind(), kind);
             assert!(core.message().contains(needle), "{:?} lacks {needle:?}", core.message());
             assert!(!core.message().contains("0xdead") && !core.message().contains("/x"));
+            assert!(!core.message().contains("10.0.0.7"));
         }
     }
 }

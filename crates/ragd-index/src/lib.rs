@@ -1,7 +1,8 @@
-//! The vector index: implementations of `ragd_core::VectorIndex`. Today that
-//! is [`EdgeIndex`], Qdrant Edge running in-process with one shard per
-//! collection; a Qdrant server backend shares its schema, its filter
-//! semantics and the [`conformance`] suite.
+//! The vector index: implementations of `ragd_core::VectorIndex`:
+//! [`EdgeIndex`], Qdrant Edge running in-process with one shard per
+//! collection, and [`QdrantServerIndex`], a Qdrant server or cluster over
+//! gRPC with one Qdrant collection per ragd collection. Both share the
+//! schema, the filter semantics and the [`conformance`] suite.
 //!
 //! Invariant: this crate knows vectors, payloads and filters only. It never
 //! depends on embedding, storage (SQL), job or HTTP crates, and never reads
@@ -55,6 +56,8 @@ pub mod conformance;
 mod edge;
 mod error;
 pub mod schema;
+mod server;
 
 pub use edge::{EdgeIndex, EdgeIndexConfig};
+pub use server::{QdrantServerConfig, QdrantServerIndex};
 pub use error::{Error, Result};

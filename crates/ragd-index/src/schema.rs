@@ -1,7 +1,7 @@
 //! The point schema shared by every backend: vector names, payload field
 //! names, and the conversion between `ChunkPayload` and its JSON payload.
 
-use ragd_core::{ChunkPayload, CollectionId, DocumentId, TenantId};
+use ragd_core::{ChunkPayload, CollectionId, DocumentId, SparseVector, TenantId};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -35,6 +35,24 @@ pub fn metadata_path(key: &str) -> Result<String> {
             "filter key {key:?} must be 1-64 characters of letters, digits, '-' or '_'"
         )))
     }
+}
+
+/// A sparse vector's indices and values sorted by index, or why it cannot
+/// be stored: every index once, one value per index.
+pub fn checked_sparse(vector: &SparseVector) -> std::result::Result<(Vec<u32>, Vec<f32>), String> {
+    if vector.indices.len() != vector.values.len() {
+        return Err(format!(
+            "invalid sparse vector: {} indices but {} values",
+            vector.indices.len(),
+            vector.values.len()
+        ));
+    }
+    let mut pairs: Vec<(u32, f32)> = vector.indices.iter().copied().zip(vector.values.iter().copied()).collect();
+    pairs.sort_by_key(|(index, _)| *index);
+    if let Some(pair) = pairs.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        return Err(format!("invalid sparse vector: index {} appears twice", pair[0].0));
+    }
+    Ok(pairs.into_iter().unzip())
 }
 
 pub fn payload_to_json(payload: &ChunkPayload) -> Map<String, Value> {

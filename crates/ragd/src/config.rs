@@ -93,14 +93,16 @@ impl Default for EmbeddingSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IndexSection {
-    /// `edge`: Qdrant Edge shards in-process under `<data_dir>/index`.
+    /// `edge`: Qdrant Edge shards in-process under `<data_dir>/index`;
+    /// `qdrant`: a Qdrant server or cluster at `qdrant.url`.
     pub backend: String,
     pub edge: ragd_index::EdgeIndexConfig,
+    pub qdrant: ragd_index::QdrantServerConfig,
 }
 
 impl Default for IndexSection {
     fn default() -> Self {
-        Self { backend: "edge".into(), edge: Default::default() }
+        Self { backend: "edge".into(), edge: Default::default(), qdrant: Default::default() }
     }
 }
 
@@ -212,8 +214,8 @@ impl Config {
         if !matches!(self.generation.backend.as_str(), "local" | "openai") {
             bail!("generation.backend must be \"local\" or \"openai\", not {:?}", self.generation.backend);
         }
-        if self.index.backend != "edge" {
-            bail!("index.backend must be \"edge\", not {:?}", self.index.backend);
+        if !matches!(self.index.backend.as_str(), "edge" | "qdrant") {
+            bail!("index.backend must be \"edge\" or \"qdrant\", not {:?}", self.index.backend);
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be \"text\" or \"json\", not {:?}", self.log.format);

@@ -160,7 +160,7 @@ async fn create_collection(engines: &Engines, tenant: &TenantId, dataset: &str) 
             dimensions: dimensions as i64,
         })
         .await?;
-    engines.index.create_collection(&CollectionIndexSpec { collection: collection.id, dimensions }).await?;
+    engines.index.create_collection(&CollectionIndexSpec { collection: collection.id, dimensions, settings: Default::default() }).await?;
     Ok(collection)
 }
 

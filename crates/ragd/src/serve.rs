@@ -8,7 +8,7 @@ use anyhow::Context;
 use ragd_core::{Embedder, Generator, SparseEncoder, VectorIndex};
 use ragd_embed::{Bm25Encoder, ModelManifest, ModelRegistry, OnnxEmbedder};
 use ragd_generate::{LocalGguf, LocalGgufConfig, OpenAiCompatible};
-use ragd_index::EdgeIndex;
+use ragd_index::{EdgeIndex, QdrantServerIndex};
 use ragd_ingest::Chunker;
 use ragd_jobs::{IngestPipeline, Worker, WorkerHandle};
 use ragd_retrieve::Retriever;
@@ -66,7 +66,10 @@ impl Engines {
         tracing::info!(model = %config.embedding.model, elapsed_ms = started.elapsed().as_millis() as u64, "embedder loaded");
 
         let sparse = Bm25Encoder::new(&config.sparse)?;
-        let index = EdgeIndex::open(&config.data_dir.join("index"), config.index.edge.clone())?;
+        let index: Arc<dyn VectorIndex> = match config.index.backend.as_str() {
+            "qdrant" => Arc::new(QdrantServerIndex::connect(config.index.qdrant.clone()).await?),
+            _ => Arc::new(EdgeIndex::open(&config.data_dir.join("index"), config.index.edge.clone())?),
+        };
         let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
         let store = Store::connect(&StoreConfig {
             url: config.store_url(),
@@ -76,7 +79,7 @@ impl Engines {
         Ok(Self {
             store,
             blobs,
-            index: Arc::new(index),
+            index,
             embedder: Arc::new(embedder),
             sparse: Arc::new(sparse),
             chunker: Arc::new(chunker),

@@ -19,7 +19,7 @@ use qdrant_edge::{
 };
 use ragd_core::{
     ChunkPayload, CollectionId, CollectionIndexSpec, DocumentId, HybridQuery, IndexHit, IndexPoint,
-    SearchMode, SparseVector, VectorIndex,
+    IndexSettings, Quantization, SearchMode, SparseVector, VectorIndex,
 };
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -161,12 +161,14 @@ impl EdgeIndex {
 }
 
 impl Shard {
-    fn create(path: &Path, dimensions: usize, config: &EdgeIndexConfig) -> Result<Self> {
+    fn create(path: &Path, dimensions: usize, settings: &IndexSettings, config: &EdgeIndexConfig) -> Result<Self> {
         std::fs::create_dir_all(path).map_err(Error::io(path))?;
         let mut edge_config = EdgeConfig::default();
-        edge_config
-            .vectors
-            .insert(DENSE_VECTOR.to_owned(), EdgeVectorParams::builder(dimensions, Distance::Cosine).build());
+        let mut dense = EdgeVectorParams::builder(dimensions, Distance::Cosine).on_disk(settings.on_disk);
+        if settings.quantization == Quantization::Int8 {
+            dense = dense.quantization_config(int8_quantization()?);
+        }
+        edge_config.vectors.insert(DENSE_VECTOR.to_owned(), dense.build());
         edge_config.sparse_vectors.insert(
             SPARSE_VECTOR.to_owned(),
             EdgeSparseVectorParams { modifier: Some(Modifier::Idf), ..EdgeSparseVectorParams::default() },
@@ -277,6 +279,15 @@ impl VectorIndex for EdgeIndex {
         if dimensions == 0 {
             return Err(Error::InvalidPoint("a collection needs at least one vector dimension".into()).into());
         }
+        spec.settings.validate()?;
+        if spec.settings.shard_number.unwrap_or(1) > 1 || spec.settings.replication_factor.unwrap_or(1) > 1 {
+            return Err(Error::Config(
+                "the embedded vector index holds one shard with one copy; shard_number and \
+                 replication_factor above 1 need the Qdrant server backend ([index] backend = \"qdrant\")"
+                    .to_owned(),
+            )
+            .into());
+        }
         let _lifecycle = self.lifecycle.lock().await;
         if let Some(shard) = self.open_shard(collection).await? {
             if shard.dimensions != dimensions {
@@ -291,7 +302,8 @@ impl VectorIndex for EdgeIndex {
         }
         let path = self.shard_path(collection);
         let config = self.config.clone();
-        let shard = Arc::new(blocking(move || Shard::create(&path, dimensions, &config)).await?);
+        let settings = spec.settings.clone();
+        let shard = Arc::new(blocking(move || Shard::create(&path, dimensions, &settings, &config)).await?);
         self.shards.write().unwrap_or_else(PoisonError::into_inner).insert(collection, shard);
         tracing::info!(%collection, dimensions, "created vector shard");
         Ok(())
@@ -578,6 +590,13 @@ fn to_edge_point(point: IndexPoint, dimensions: usize) -> Result<PointStructPers
         vector: VectorStructPersisted::Named(vectors),
         payload: Some(Payload(schema::payload_to_json(&point.payload))),
     })
+}
+
+/// Scalar int8 with the quantized vectors kept in RAM. Edge does not export
+/// the config's inner struct, so it is built from its serde form.
+fn int8_quantization() -> Result<qdrant_edge::QuantizationConfig> {
+    serde_json::from_value(serde_json::json!({"scalar": {"type": "int8", "always_ram": true}}))
+        .map_err(|err| Error::Engine(format!("int8 quantization config: {err}")))
 }
 
 fn edge_sparse(vector: &SparseVector) -> std::result::Result<QSparseVector, String> {

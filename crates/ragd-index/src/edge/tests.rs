@@ -20,6 +20,7 @@ macro_rules! conformance_tests {
 
 conformance_tests!(
     collection_lifecycle,
+    compressed_on_disk_collection,
     dense_search,
     sparse_search,
     hybrid_search,
@@ -32,6 +33,21 @@ conformance_tests!(
     chunks_in_order,
     invalid_input,
 );
+
+#[tokio::test]
+async fn shards_and_replicas_need_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = open(dir.path());
+    for settings in [
+        IndexSettings { shard_number: Some(2), ..IndexSettings::default() },
+        IndexSettings { replication_factor: Some(3), ..IndexSettings::default() },
+    ] {
+        let spec = CollectionIndexSpec { collection: CollectionId::new(), dimensions: 4, settings };
+        let error = index.create_collection(&spec).await.unwrap_err();
+        assert_eq!(error.kind(), ragd_core::ErrorKind::InvalidInput);
+        assert!(error.message().contains("Qdrant server"), "{}", error.message());
+    }
+}
 
 #[tokio::test]
 async fn whole_suite_shares_one_index() {
@@ -95,7 +111,7 @@ async fn interrupted_drop_is_cleaned_up_and_unknown_dirs_are_not_collections() {
     let index = open(dir.path());
     assert!(!leftover.exists());
     assert_eq!(index.count(stray).await.unwrap_err().kind(), ragd_core::ErrorKind::NotFound);
-    index.create_collection(&CollectionIndexSpec { collection: stray, dimensions: 4 }).await.unwrap();
+    index.create_collection(&CollectionIndexSpec { collection: stray, dimensions: 4, settings: Default::default() }).await.unwrap();
     assert_eq!(index.count(stray).await.unwrap(), 0);
 }
 
@@ -107,7 +123,7 @@ async fn optimizer_builds_hnsw_and_search_still_finds_points() {
     let config = EdgeIndexConfig { indexing_threshold_kb: 1, ..EdgeIndexConfig::default() };
     let index = EdgeIndex::open(dir.path(), config).unwrap();
     let collection = CollectionId::new();
-    index.create_collection(&CollectionIndexSpec { collection, dimensions: 4 }).await.unwrap();
+    index.create_collection(&CollectionIndexSpec { collection, dimensions: 4, settings: Default::default() }).await.unwrap();
     let document = DocumentId::new();
     let points = (0..200u32)
         .map(|i| {

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use ragd_core::{CollectionIndexSpec, CollectionName, TenantId};
+use ragd_core::{CollectionIndexSpec, CollectionName, IndexSettings, TenantId};
 use ragd_store::{CollectionRecord, NewCollection};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -27,6 +27,10 @@ struct CreateCollection {
     name: String,
     #[serde(default)]
     description: String,
+    /// Layout in the vector engine: shards, replicas, on-disk storage,
+    /// quantization. Fixed once the collection exists.
+    #[serde(default)]
+    index: IndexSettings,
 }
 
 const MAX_DESCRIPTION: usize = 4096;
@@ -37,6 +41,7 @@ async fn create(
     AppJson(body): AppJson<CreateCollection>,
 ) -> ApiResult<(StatusCode, Json<CollectionView>)> {
     let name = CollectionName::parse(&body.name)?;
+    body.index.validate()?;
     if body.description.len() > MAX_DESCRIPTION {
         return Err(ApiError::invalid(format!("description is longer than {MAX_DESCRIPTION} bytes")));
     }
@@ -50,7 +55,7 @@ async fn create(
             dimensions: state.dimensions as i64,
         })
         .await?;
-    let spec = CollectionIndexSpec { collection: record.id, dimensions: state.dimensions };
+    let spec = CollectionIndexSpec { collection: record.id, dimensions: state.dimensions, settings: body.index };
     if let Err(error) = state.index.create_collection(&spec).await {
         // Without its index the collection is unusable: undo the row.
         let _ = state.store.delete_collection(&record.tenant, record.id).await;
