@@ -25,6 +25,13 @@ pub enum Error {
     #[error("{0}")]
     InvalidPoint(String),
 
+    #[error(
+        "the Qdrant Edge index in {} is open in another process; an Edge index belongs to one \
+         process, so give each ragd process its own data_dir",
+        .0.display()
+    )]
+    Locked(PathBuf),
+
     #[error("cannot access {path}")]
     Io {
         path: PathBuf,
@@ -51,6 +58,7 @@ impl From<Error> for ragd_core::Error {
                 (ErrorKind::Internal, "the vector index failed".to_owned())
             }
             Error::UnknownCollection(_) => (ErrorKind::NotFound, err.to_string()),
+            Error::Locked(_) => (ErrorKind::Unavailable, err.to_string()),
             Error::DimensionsConflict { .. } => (ErrorKind::Conflict, err.to_string()),
             Error::InvalidQuery(message) | Error::InvalidPoint(message) | Error::Config(message) => {
                 (ErrorKind::InvalidInput, message.clone())
