@@ -289,6 +289,18 @@ async fn a_killed_workers_job_is_taken_over_and_every_job_runs_once() {
     let stats: Value = app.get(&format!("/v1/collections/{collection}")).await.json().await.unwrap();
     assert_eq!(stats["stats"]["documents"]["ready"], documents.len(), "{stats}");
 
+    // SIGTERM stops the survivor cleanly: idle workers leave, the process
+    // exits 0.
+    let pid = workers[survivor].pid.to_string();
+    let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+    assert!(sent.success());
+    let stopped = tokio::time::timeout(Duration::from_secs(30), workers[survivor].child.wait())
+        .await
+        .expect("the worker did not stop within 30 s of SIGTERM")
+        .expect("wait for the worker");
+    assert!(stopped.success(), "{stopped:?}");
+    assert!(workers[survivor].log().contains("worker stopped"));
+
     store.close().await;
     drop(workers);
     drop(app);

@@ -112,6 +112,8 @@ fn command_line(image: &Dockerfile, args: &[String]) -> Cli {
 }
 
 /// The configuration a container of the image loads with `environment`.
+// `Jail` fixes its closure's error type (figment's large one).
+#[allow(clippy::result_large_err)]
 fn load_config(image: &Dockerfile, cli: &Cli, environment: &BTreeMap<String, String>) -> Config {
     let in_image = cli.config.as_deref().expect("the entrypoint names its config file");
     assert!(

@@ -50,26 +50,28 @@ pub async fn run(config: Config, args: WorkerArgs) -> anyhow::Result<()> {
         bail!(EDGE_IS_PRIVATE);
     }
     let engines = Engines::build(&config).await?;
+    let listener = match &args.listen {
+        Some(listen) => {
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            println!("ragd worker listening on http://{}", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
+
     let shutdown = CancellationToken::new();
     // Nothing in this process enqueues jobs: the workers find them by
     // polling every jobs.poll_interval_ms.
     let handle = WorkerHandle::default();
     let tasks = engines.spawn_workers(&config, config.jobs.workers, &kinds, &handle, &shutdown);
-
-    let health = match &args.listen {
-        Some(listen) => {
-            let listener =
-                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-            let address = listener.local_addr()?;
-            println!("ragd worker listening on http://{address}");
-            let router = health_router(engines.store.clone());
-            let stop = shutdown.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
-            }))
-        }
-        None => None,
-    };
+    let health = listener.map(|listener| {
+        let router = health_router(engines.store.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
+        })
+    });
     tracing::info!(workers = config.jobs.workers, ?kinds, backend = ?engines.store.backend(), "worker process ready");
     // Tests and scripts wait for this line.
     println!("ragd worker running {} workers for {}", config.jobs.workers, kinds.join(","));
