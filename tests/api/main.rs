@@ -13,3 +13,4 @@ mod ingest;
 mod openai;
 mod query;
 mod search;
+mod workers;

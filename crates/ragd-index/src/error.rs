@@ -29,6 +29,13 @@ pub enum Error {
     #[error("vector engine unreachable: {0}")]
     Unavailable(String),
 
+    #[error(
+        "the Qdrant Edge index in {} is open in another process; an Edge index belongs to one \
+         process, so give each ragd process its own data_dir",
+        .0.display()
+    )]
+    Locked(PathBuf),
+
     #[error("cannot access {path}")]
     Io {
         path: PathBuf,
@@ -56,6 +63,7 @@ impl From<Error> for ragd_core::Error {
             }
             Error::Unavailable(_) => (ErrorKind::Unavailable, "the vector index is unreachable".to_owned()),
             Error::UnknownCollection(_) => (ErrorKind::NotFound, err.to_string()),
+            Error::Locked(_) => (ErrorKind::Unavailable, err.to_string()),
             Error::DimensionsConflict { .. } => (ErrorKind::Conflict, err.to_string()),
             Error::InvalidQuery(message) | Error::InvalidPoint(message) | Error::Config(message) => {
                 (ErrorKind::InvalidInput, message.clone())

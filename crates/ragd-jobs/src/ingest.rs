@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use ragd_core::{
-    ChunkPayload, CollectionId, DocumentId, Embedder, IndexPoint, SparseEncoder, VectorIndex,
+    ChunkPayload, CollectionId, CollectionIndexSpec, DocumentId, Embedder, IndexPoint, SparseEncoder, VectorIndex,
     point_id,
 };
 use ragd_ingest::{Chunker, ExtractedDoc};
@@ -81,6 +81,16 @@ impl IngestPipeline {
             }
             Err(other) => return Err(other.into()),
         };
+        // The API created the collection in its own index; a `ragd worker`
+        // process may hold another one (a private Qdrant Edge directory), so
+        // the collection is made sure of here. Creating an existing one is a
+        // no-op.
+        let spec = CollectionIndexSpec {
+            collection,
+            dimensions: self.embedder.dimensions(),
+            settings: Default::default(),
+        };
+        self.index.create_collection(&spec).await?;
         self.store.mark_document_processing(doc.id).await?;
 
         let bytes = self.blobs.get(&doc.content_hash).await?;

@@ -68,7 +68,8 @@ impl Error {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobsConfig {
-    /// Worker tasks that `ragd serve` runs beside the API (0: API only).
+    /// Worker tasks in the process: beside the API in `ragd serve` (0: API
+    /// only), or on their own in `ragd worker` (at least 1).
     pub workers: usize,
     /// A job whose worker stops heartbeating is claimed again after this.
     pub lease_secs: u64,

@@ -30,25 +30,38 @@ pub struct Worker {
     ingest: Arc<IngestPipeline>,
     config: JobsConfig,
     handle: WorkerHandle,
+    kinds: Vec<&'static str>,
 }
 
 impl Worker {
+    /// A worker for every job kind; [`Worker::only`] narrows it.
     pub fn new(name: String, store: Store, ingest: Arc<IngestPipeline>, config: JobsConfig, handle: WorkerHandle) -> Self {
-        Self { name, store, ingest, config, handle }
+        Self { name, store, ingest, config, handle, kinds: Self::KINDS.to_vec() }
     }
 
-    pub const KINDS: &'static [&'static str] = &["ingest"];
+    pub const KINDS: &'static [&'static str] = &[ragd_store::INGEST_JOB_KIND];
+
+    /// The known kind spelled `name`.
+    pub fn kind(name: &str) -> Option<&'static str> {
+        Self::KINDS.iter().copied().find(|kind| *kind == name)
+    }
+
+    /// Claims only jobs of `kinds`, each one of [`Worker::KINDS`].
+    pub fn only(mut self, kinds: &[&'static str]) -> Self {
+        self.kinds = kinds.to_vec();
+        self
+    }
 
     /// Runs until `shutdown` is cancelled. A job in progress at shutdown is
     /// abandoned, not failed: its lease expires and another worker resumes it.
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(worker = %self.name, "worker started");
+        tracing::info!(worker = %self.name, kinds = ?self.kinds, "worker started");
         let lease = Duration::from_secs(self.config.lease_secs.max(1));
         let poll = Duration::from_millis(self.config.poll_interval_ms.max(10));
         let mut backoff = poll;
         while !shutdown.is_cancelled() {
             let woken = self.handle.notify.notified();
-            match self.store.claim_job(&self.name, Self::KINDS, lease).await {
+            match self.store.claim_job(&self.name, &self.kinds, lease).await {
                 Ok(Some(job)) => {
                     backoff = poll;
                     tokio::select! {
@@ -98,7 +111,7 @@ impl Worker {
                     let retry = error.is_retryable() && job.attempts < job.max_attempts;
                     let reason = ragd_core::Error::from(error);
                     tracing::warn!(elapsed_ms, retry, error = %reason.chain(), "job failed");
-                    if !retry && job.kind == "ingest" {
+                    if !retry && job.kind == ragd_store::INGEST_JOB_KIND {
                         self.ingest.record_failure(&job, reason.message()).await;
                     }
                     if let Err(error) = self.store.fail_job(job.id, &self.name, reason.message(), retry).await {
@@ -113,7 +126,7 @@ impl Worker {
 
     async fn dispatch(&self, job: &JobRecord) -> crate::Result<()> {
         match job.kind.as_str() {
-            "ingest" => self.ingest.run(job).await,
+            ragd_store::INGEST_JOB_KIND => self.ingest.run(job).await,
             other => Err(Error::UnknownKind(other.to_owned())),
         }
     }

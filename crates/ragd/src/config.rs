@@ -55,6 +55,9 @@ pub struct StoreSection {
     /// `sqlite://PATH` or `postgres://...`; empty means `<data_dir>/ragd.sqlite`.
     pub url: String,
     pub max_connections: Option<u32>,
+    /// Uploaded originals; empty means `<data_dir>/blobs`. Every process on
+    /// one database must see the same directory: the API writes, workers read.
+    pub blobs_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,7 +207,7 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config
 /// Whether `key` (an environment variable's name after the prefix, with
 /// `__` already turned into `.`; figment lowercases it only later) names a
 /// config section or key.
-fn is_config_key(key: &str) -> bool {
+pub fn is_config_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     SECTIONS.iter().any(|section| key == *section || key.starts_with(&format!("{section}.")))
 }
@@ -224,6 +227,14 @@ impl Config {
             bail!("batch sizes must be at least 1");
         }
         Ok(())
+    }
+
+    pub fn blobs_dir(&self) -> PathBuf {
+        if self.store.blobs_dir.as_os_str().is_empty() {
+            self.data_dir.join("blobs")
+        } else {
+            self.store.blobs_dir.clone()
+        }
     }
 
     pub fn store_url(&self) -> String {

@@ -206,7 +206,7 @@ async fn ingest_corpus(
     bar.set_message("ingesting");
     let shutdown = CancellationToken::new();
     let handle = WorkerHandle::default();
-    let tasks = engines.spawn_workers(config, workers.max(1), &handle, &shutdown);
+    let tasks = engines.spawn_workers(config, workers.max(1), ragd_jobs::Worker::KINDS, &handle, &shutdown);
     handle.job_queued();
     let counts = loop {
         let counts = engines.store.document_status_counts(collection.id).await?;

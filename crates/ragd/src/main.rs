@@ -2,9 +2,12 @@
 //! builds every engine from typed config and runs the server or a tool.
 
 mod config;
+#[cfg(test)]
+mod deploy_tests;
 mod eval;
 mod ingest;
 mod serve;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -22,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the API with ingestion workers in the same process.
+    /// Run the API with job workers in the same process (jobs.workers of
+    /// them; 0 when `ragd worker` processes do the work).
     Serve {
         /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks one).
         #[arg(long)]
@@ -31,6 +35,9 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Run only job workers, no API: any number of these share the API's
+    /// database, blobs directory and index.
+    Worker(worker::WorkerArgs),
     /// Measure retrieval quality on a BEIR dataset (nDCG@10, Recall@10/100, MRR@10, latency).
     Eval(eval::EvalArgs),
     /// Upload a file or folder to a running server, with progress, and wait
@@ -49,6 +56,12 @@ fn main() -> anyhow::Result<()> {
             let config = config::load(cli.config.as_deref(), &overrides)?;
             serve::init_tracing(&config.log)?;
             runtime()?.block_on(serve::run(config))
+        }
+        Command::Worker(args) => {
+            let overrides = config::Overrides { data_dir: args.data_dir.clone(), server: None };
+            let config = config::load(cli.config.as_deref(), &overrides)?;
+            serve::init_tracing(&config.log)?;
+            runtime()?.block_on(worker::run(config, args))
         }
         Command::Eval(args) => {
             let overrides = config::Overrides { data_dir: args.data_dir.clone(), server: None };

@@ -70,7 +70,9 @@ impl Engines {
             "qdrant" => Arc::new(QdrantServerIndex::connect(config.index.qdrant.clone()).await?),
             _ => Arc::new(EdgeIndex::open(&config.data_dir.join("index"), config.index.edge.clone())?),
         };
-        let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
+        let blobs_dir = config.blobs_dir();
+        let blobs = BlobStore::open(&blobs_dir)
+            .with_context(|| format!("opening blobs dir {}", blobs_dir.display()))?;
         let store = Store::connect(&StoreConfig {
             url: config.store_url(),
             max_connections: config.store.max_connections.unwrap_or(8),
@@ -87,12 +89,13 @@ impl Engines {
         })
     }
 
-    /// Starts `count` ingestion workers on this runtime; they stop when
-    /// `shutdown` is cancelled.
+    /// Starts `count` workers claiming jobs of `kinds` on this runtime; they
+    /// stop when `shutdown` is cancelled.
     pub fn spawn_workers(
         &self,
         config: &Config,
         count: usize,
+        kinds: &[&'static str],
         handle: &WorkerHandle,
         shutdown: &CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -114,7 +117,8 @@ impl Engines {
                     pipeline.clone(),
                     config.jobs.clone(),
                     handle.clone(),
-                );
+                )
+                .only(kinds);
                 tokio::spawn(worker.run(shutdown.clone()))
             })
             .collect()
@@ -152,7 +156,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let workers = WorkerHandle::default();
-    let tasks = engines.spawn_workers(&config, config.jobs.workers, &workers, &shutdown);
+    let tasks = engines.spawn_workers(&config, config.jobs.workers, Worker::KINDS, &workers, &shutdown);
 
     let state = AppState::new(AppParts {
         store: engines.store.clone(),
@@ -189,7 +193,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,

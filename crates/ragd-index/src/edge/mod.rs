@@ -34,6 +34,8 @@ const SHARD_CONFIG_FILE: &str = "edge_config.json";
 /// Prefix of a dropped shard's directory until it is deleted; a rename makes
 /// the drop atomic even if the deletion is interrupted.
 const DROPPED_PREFIX: &str = ".dropped-";
+/// Locked exclusively by the process that has the index open.
+const LOCK_FILE: &str = ".lock";
 
 /// Tuning of the Qdrant Edge backend. Changes apply to existing collections
 /// the next time they are opened (their HNSW graphs are rebuilt by the next
@@ -81,6 +83,11 @@ pub struct EdgeIndex {
     /// Serialises creating, opening and dropping shards, so that two
     /// `EdgeShard`s never live on one directory.
     lifecycle: Mutex<()>,
+    /// Held for the index's lifetime: shards are loaded once and written in
+    /// place, so a second process on the directory would neither see this
+    /// one's writes nor keep its own from colliding. The OS drops the lock
+    /// when the process dies, even by SIGKILL.
+    _lock: std::fs::File,
 }
 
 struct Shard {
@@ -94,9 +101,12 @@ struct Shard {
 impl EdgeIndex {
     /// Opens (creating if needed) the index directory. Collections are loaded
     /// from disk on first use. Leftovers of interrupted drops are deleted.
+    /// Fails with [`Error::Locked`] while another `EdgeIndex`, in this
+    /// process or another, has the directory open.
     pub fn open(root: &Path, config: EdgeIndexConfig) -> Result<Self> {
         config.validate()?;
         std::fs::create_dir_all(root).map_err(Error::io(root))?;
+        let lock = lock_directory(root)?;
         for entry in std::fs::read_dir(root).map_err(Error::io(root))? {
             let entry = entry.map_err(Error::io(root))?;
             if entry.file_name().to_string_lossy().starts_with(DROPPED_PREFIX) {
@@ -110,6 +120,7 @@ impl EdgeIndex {
             config,
             shards: RwLock::new(HashMap::new()),
             lifecycle: Mutex::new(()),
+            _lock: lock,
         })
     }
 
@@ -615,6 +626,21 @@ fn point_uuid(id: PointId) -> Result<Uuid> {
     match id {
         PointId::Uuid(uuid) => Ok(uuid),
         PointId::NumId(number) => Err(Error::Engine(format!("point id {number} is not a uuid"))),
+    }
+}
+
+fn lock_directory(root: &Path) -> Result<std::fs::File> {
+    let path = root.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(Error::io(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(root.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(Error::Io { path, source }),
     }
 }
 

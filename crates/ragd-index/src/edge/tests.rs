@@ -94,10 +94,25 @@ async fn writes_survive_kill_9() {
         // libtest prints "test <name> ... " before the child's own output.
         .find_map(|line| line.split_once("written ").map(|(_, id)| id.trim().to_owned()))
         .expect("the child wrote its collection");
-    // `Child::kill` is SIGKILL on Unix: no destructor, no final flush.
+    let in_use = EdgeIndex::open(dir.path(), EdgeIndexConfig::default()).err();
+    assert!(matches!(in_use, Some(Error::Locked(_))), "a second process opened the index: {in_use:?}");
+    // `Child::kill` is SIGKILL on Unix: no destructor, no final flush; the
+    // directory lock goes with the process.
     child.kill().unwrap();
     child.wait().unwrap();
     conformance::check_after_reopen(&open(dir.path()), collection.parse().unwrap()).await;
+}
+
+#[test]
+fn one_index_per_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = open(dir.path());
+    let second = EdgeIndex::open(dir.path(), EdgeIndexConfig::default()).err();
+    let message = second.as_ref().map(ToString::to_string).unwrap_or_default();
+    assert!(matches!(second, Some(Error::Locked(_))), "{second:?}");
+    assert!(message.contains("another process") && message.contains("data_dir"), "{message}");
+    drop(index);
+    open(dir.path());
 }
 
 #[tokio::test]
