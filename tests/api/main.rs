@@ -13,4 +13,5 @@ mod ingest;
 mod openai;
 mod query;
 mod search;
+mod settings;
 mod workers;

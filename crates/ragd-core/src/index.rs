@@ -63,6 +63,9 @@ pub struct HybridQuery {
     pub limit: usize,
     /// Candidates taken from each branch before fusion.
     pub candidates: usize,
+    /// The `k` of reciprocal rank fusion for this query; the backend's
+    /// configured one when unset.
+    pub rrf_k: Option<u32>,
     pub filter: Filter,
     /// When set, only chunks whose ACL is empty or names one of these
     /// principals match.

@@ -133,6 +133,7 @@ impl Fixture {
             limit: 10,
             candidates: 10,
             filter: Filter::default(),
+            rrf_k: None,
             principals: None,
         }
     }
@@ -171,6 +172,7 @@ pub async fn collection_lifecycle(index: &dyn VectorIndex) {
         limit: 3,
         candidates: 3,
         filter: Filter::default(),
+        rrf_k: None,
         principals: None,
     };
     assert_kind(index.search(&query).await, ErrorKind::NotFound, "search of unknown collection");
@@ -223,6 +225,7 @@ pub async fn compressed_on_disk_collection(index: &dyn VectorIndex) {
         limit: 1,
         candidates: 10,
         filter: Filter::default(),
+        rrf_k: None,
         principals: None,
     };
     let hits = index.search(&query).await.expect("search compressed collection");
@@ -283,6 +286,13 @@ pub async fn hybrid_search(index: &dyn VectorIndex) {
     assert_close(a3.dense_score.expect("a3 dense score"), 0.0, "a3 is orthogonal to the query");
     assert_eq!(a2.sparse_score, None);
     assert_eq!(a3.payload, fx.a3.payload);
+
+    assert!(a2.score / a1.score > 0.9, "with the default k ranks 1 and 2 fuse to near scores");
+    query.rrf_k = Some(1);
+    let sharp = index.search(&query).await.unwrap();
+    let sharp_score = |point: &IndexPoint| sharp.iter().find(|hit| hit.id == point.id).unwrap().score;
+    assert!(sharp_score(&fx.a2) / sharp_score(&fx.a1) < 0.7, "a small k separates ranks 1 and 2: {sharp:?}");
+    query.rrf_k = None;
 
     query.limit = 1;
     assert_eq!(index.search(&query).await.unwrap().len(), 1, "limit applies after fusion");
@@ -461,6 +471,7 @@ pub async fn invalid_input(index: &dyn VectorIndex) {
         limit: 3,
         candidates: 3,
         filter: Filter::default(),
+        rrf_k: None,
         principals: None,
     };
     assert_kind(index.search(&query).await, ErrorKind::InvalidInput, "query with wrong dimensions");
@@ -503,6 +514,7 @@ pub async fn check_after_reopen(index: &dyn VectorIndex, collection: CollectionI
             limit: 10,
             candidates: 10,
             filter: Filter::default(),
+            rrf_k: None,
             principals: None,
         })
         .await

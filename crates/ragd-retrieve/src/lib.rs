@@ -27,6 +27,8 @@ pub enum Error {
     QueryTooLong { len: usize, max: usize },
     #[error("candidates ({candidates}) must be between top_k ({top_k}) and {max}")]
     Candidates { candidates: usize, top_k: usize, max: usize },
+    #[error("rrf_k ({rrf_k}) must be between 1 and {max}")]
+    RrfK { rrf_k: u32, max: u32 },
     #[error("the encoder task failed")]
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
@@ -65,6 +67,7 @@ impl Default for RetrievalConfig {
 }
 
 const MAX_CANDIDATES: usize = 2000;
+const MAX_RRF_K: u32 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
@@ -75,6 +78,8 @@ pub struct SearchRequest {
     pub mode: SearchMode,
     pub filter: Filter,
     pub candidates: Option<usize>,
+    /// The `k` of reciprocal rank fusion; the index's configured one when unset.
+    pub rrf_k: Option<u32>,
     pub principals: Option<Vec<String>>,
 }
 
@@ -135,6 +140,11 @@ impl Retriever {
         if candidates < top_k || candidates > MAX_CANDIDATES {
             return Err(Error::Candidates { candidates, top_k, max: MAX_CANDIDATES });
         }
+        if let Some(rrf_k) = request.rrf_k {
+            if !(1..=MAX_RRF_K).contains(&rrf_k) {
+                return Err(Error::RrfK { rrf_k, max: MAX_RRF_K });
+            }
+        }
 
         let started = Instant::now();
         let (embedder, sparse, mode) = (self.embedder.clone(), self.sparse.clone(), request.mode);
@@ -164,6 +174,7 @@ impl Retriever {
             mode,
             limit: top_k,
             candidates,
+            rrf_k: request.rrf_k,
             filter: request.filter,
             principals: request.principals,
         };

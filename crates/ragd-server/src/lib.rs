@@ -9,6 +9,7 @@ mod error;
 mod extract;
 mod rag;
 mod routes;
+mod settings;
 mod state;
 mod wire;
 

@@ -6,18 +6,20 @@
 use std::time::Instant;
 
 use futures::StreamExt;
-use ragd_core::{ChatMessage, GenerationRequest, TokenStream, point_id};
-use ragd_generate::prompt::{self, PromptConfig, SourceText};
+use ragd_core::{ChatMessage, ChatRole, GenerationRequest, TokenStream, point_id};
+use ragd_generate::prompt::{self, SourceText};
 use ragd_retrieve::{ContextPassage, Retrieved};
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Caller;
+use crate::routes::collections::resolve;
 use crate::routes::search::SearchBody;
+use crate::settings::CollectionSettings;
 use crate::state::AppState;
 
 pub const MAX_ANSWER_TOKENS: u32 = 4096;
-const MAX_NEIGHBOUR_WINDOW: u32 = 5;
+pub const MAX_NEIGHBOUR_WINDOW: u32 = 5;
 
 /// How an answer is generated: the request's numbers, or the configured
 /// defaults, checked against their limits.
@@ -53,7 +55,8 @@ pub struct RagRequest<'a> {
     pub search: SearchBody,
     /// Earlier turns of a conversation, oldest first.
     pub history: &'a [ChatMessage],
-    pub prompt: &'a PromptConfig,
+    /// The caller's own instructions, added to the system message.
+    pub instructions: &'a str,
     pub sampling: Sampling,
     pub neighbour_window: Option<u32>,
 }
@@ -68,6 +71,8 @@ pub struct Prepared {
     /// `None` when nothing was found to ground an answer in: the generator
     /// is not asked, as a small model would invent one.
     pub generation: Option<TokenStream>,
+    /// What to answer instead when `generation` is `None`.
+    pub no_context_answer: String,
     pub started: Instant,
 }
 
@@ -76,12 +81,30 @@ pub async fn prepare(state: &AppState, caller: &Caller, request: RagRequest<'_>)
     if question.is_empty() {
         return Err(ApiError::invalid("query must not be empty"));
     }
-    let window = request.neighbour_window.unwrap_or(state.retriever.config().neighbour_window);
+    let settings = CollectionSettings::of(&resolve(state, &caller.tenant, request.collection).await?)?;
+    let mut prompt = settings.prompt.apply(&state.answer.prompt);
+    if !request.instructions.is_empty() {
+        prompt.system.push_str("\n\n");
+        prompt.system.push_str(request.instructions);
+    }
+    let window = request
+        .neighbour_window
+        .or(settings.retrieval.neighbour_window)
+        .unwrap_or(state.retriever.config().neighbour_window);
     if window > MAX_NEIGHBOUR_WINDOW {
         return Err(ApiError::invalid(format!("neighbour_window must be at most {MAX_NEIGHBOUR_WINDOW}")));
     }
     let started = Instant::now();
-    let retrieved = request.search.retrieve(state, caller, request.collection, state.answer.top_k).await?;
+    let search = SearchBody {
+        query: with_earlier_questions(
+            request.history,
+            &question,
+            state.answer.history_turns_in_query,
+            state.retriever.config().max_query_chars,
+        ),
+        ..request.search
+    };
+    let retrieved = search.retrieve(state, caller, request.collection, state.answer.top_k).await?;
 
     let expand_started = Instant::now();
     let passages = state.retriever.expand(&retrieved.hits, window).await?;
@@ -92,7 +115,7 @@ pub async fn prepare(state: &AppState, caller: &Caller, request: RagRequest<'_>)
     let budget = generator.context_tokens().saturating_sub(request.sampling.max_tokens as usize);
     let history = recent_history(request.history, budget / 2, &count);
     let sources: Vec<SourceText<'_>> = passages.iter().map(|p| SourceText { title: &p.title, text: &p.text }).collect();
-    let packed = prompt::pack(request.prompt, history, &question, &sources, budget, &count);
+    let packed = prompt::pack(&prompt, history, &question, &sources, budget, &count);
     let generation = if packed.sources_used == 0 {
         None
     } else {
@@ -105,8 +128,28 @@ pub async fn prepare(state: &AppState, caller: &Caller, request: RagRequest<'_>)
         prompt_tokens: packed.prompt_tokens,
         expand_ms,
         generation,
+        no_context_answer: prompt.no_context_answer.clone(),
         started,
     })
+}
+
+/// What a chat turn is searched with: the question, after up to `turns`
+/// earlier user questions (most recent first in priority), as long as the
+/// whole stays within `max_chars`. A follow-up ("and its side effects?")
+/// names too little to be found alone.
+fn with_earlier_questions(history: &[ChatMessage], question: &str, turns: usize, max_chars: usize) -> String {
+    let mut parts = vec![question.to_owned()];
+    let mut chars = question.chars().count();
+    for earlier in history.iter().rev().filter(|m| m.role == ChatRole::User).take(turns) {
+        let text = earlier.content.trim();
+        chars += text.chars().count() + 1;
+        if chars > max_chars {
+            break;
+        }
+        parts.push(text.to_owned());
+    }
+    parts.reverse();
+    parts.join("\n")
 }
 
 /// The latest turns that fit in `budget` tokens: a long conversation must

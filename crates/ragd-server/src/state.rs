@@ -48,12 +48,14 @@ pub struct AnswerConfig {
     pub top_k: usize,
     pub max_tokens: u32,
     pub temperature: f32,
+    /// Earlier user turns of a chat searched together with the last one.
+    pub history_turns_in_query: usize,
     pub prompt: PromptConfig,
 }
 
 impl Default for AnswerConfig {
     fn default() -> Self {
-        Self { top_k: 5, max_tokens: 256, temperature: 0.0, prompt: PromptConfig::default() }
+        Self { top_k: 5, max_tokens: 256, temperature: 0.0, history_turns_in_query: 1, prompt: PromptConfig::default() }
     }
 }
 

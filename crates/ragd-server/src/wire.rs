@@ -19,6 +19,7 @@ pub struct CollectionView {
     pub embedder: String,
     pub dimensions: i64,
     pub created_at: String,
+    pub settings: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<CollectionStats>,
 }
@@ -63,6 +64,10 @@ impl From<&CollectionRecord> for CollectionView {
             embedder: c.embedder.clone(),
             dimensions: c.dimensions,
             created_at: timestamp(c.created_at),
+            // Shown with every default filled in; stored as sent.
+            settings: crate::settings::CollectionSettings::of(c)
+                .map(|settings| settings.to_map())
+                .unwrap_or_else(|_| c.settings.clone()),
             stats: None,
         }
     }

@@ -1,4 +1,5 @@
 use ragd_core::{CollectionId, CollectionName, TenantId};
+use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -13,9 +14,11 @@ pub struct NewCollection {
     pub description: String,
     pub embedder: String,
     pub dimensions: i64,
+    /// Opaque to the store: the server's per-collection settings.
+    pub settings: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CollectionRecord {
     pub id: CollectionId,
     pub tenant: TenantId,
@@ -23,11 +26,19 @@ pub struct CollectionRecord {
     pub description: String,
     pub embedder: String,
     pub dimensions: i64,
+    pub settings: Map<String, Value>,
     /// Unix milliseconds.
     pub created_at: i64,
 }
 
-const COLUMNS: &str = "id, tenant, name, description, embedder, dimensions, created_at";
+/// What an update changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CollectionUpdate {
+    pub description: Option<String>,
+    pub settings: Option<Map<String, Value>>,
+}
+
+const COLUMNS: &str = "id, tenant, name, description, embedder, dimensions, settings, created_at";
 
 impl CollectionRecord {
     fn from_row(row: &AnyRow) -> Result<Self> {
@@ -38,6 +49,7 @@ impl CollectionRecord {
             description: row.try_get("description")?,
             embedder: row.try_get("embedder")?,
             dimensions: row.try_get("dimensions")?,
+            settings: column(row, "settings", |raw| serde_json::from_str(raw))?,
             created_at: row.try_get("created_at")?,
         })
     }
@@ -59,11 +71,12 @@ impl Store {
             description: new.description.clone(),
             embedder: new.embedder.clone(),
             dimensions: new.dimensions,
+            settings: new.settings.clone(),
             created_at: now_ms(),
         };
         sqlx::query(
-            "INSERT INTO collections (id, tenant, name, description, embedder, dimensions, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO collections (id, tenant, name, description, embedder, dimensions, settings, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(record.id.to_string())
         .bind(record.tenant.as_str())
@@ -71,6 +84,7 @@ impl Store {
         .bind(&record.description)
         .bind(&record.embedder)
         .bind(record.dimensions)
+        .bind(Value::Object(record.settings.clone()).to_string())
         .bind(record.created_at)
         .execute(&self.pool)
         .await
@@ -102,6 +116,33 @@ impl Store {
             .await?
             .ok_or_else(|| Error::NotFound(format!("collection {id}")))?;
         CollectionRecord::from_row(&row)
+    }
+
+    /// Changes the description and/or settings; NotFound when the tenant has
+    /// no such collection.
+    #[tracing::instrument(name = "store.update_collection", skip_all, fields(%tenant, collection = %id))]
+    pub async fn update_collection(
+        &self,
+        tenant: &TenantId,
+        id: CollectionId,
+        update: &CollectionUpdate,
+    ) -> Result<CollectionRecord> {
+        let settings = update.settings.as_ref().map(|settings| Value::Object(settings.clone()).to_string());
+        let updated = sqlx::query(
+            "UPDATE collections SET description = COALESCE($1, description), settings = COALESCE($2, settings) \
+             WHERE id = $3 AND tenant = $4",
+        )
+        .bind(update.description.clone())
+        .bind(settings)
+        .bind(id.to_string())
+        .bind(tenant.as_str())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(Error::NotFound(format!("collection {id}")));
+        }
+        self.get_collection(tenant, id).await
     }
 
     /// The tenant's collections, oldest first.

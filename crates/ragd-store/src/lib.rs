@@ -18,7 +18,7 @@ mod store;
 
 pub use batches::{BatchId, BatchRecord, NewBatch};
 pub use blob::BlobStore;
-pub use collections::{CollectionRecord, NewCollection};
+pub use collections::{CollectionRecord, CollectionUpdate, NewCollection};
 pub use documents::{AddOutcome, DocumentRecord, NewDocument, StatusCounts};
 pub use error::{Error, Result};
 pub use jobs::{JobRecord, JobState, INGEST_JOB_KIND};

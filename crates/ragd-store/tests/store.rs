@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use ragd_core::{CollectionId, CollectionName, ContentHash, DocumentId, DocumentStatus, TenantId};
 use ragd_store::{
-    AddOutcome, Backend, BatchId, BlobStore, CollectionRecord, DocumentRecord, Error, JobState,
+    AddOutcome, Backend, BatchId, BlobStore, CollectionRecord, CollectionUpdate, DocumentRecord, Error, JobState,
     NewBatch, NewCollection, NewDocument, QueuePolicy, Store, StoreConfig, INGEST_JOB_KIND,
 };
 use sqlx::{Connection, Executor};
@@ -102,6 +102,7 @@ macro_rules! on_both_engines {
 
 on_both_engines!(
     collections_are_created_listed_and_deleted_per_tenant,
+    collection_settings_are_kept_and_updated,
     document_and_its_job_are_inserted_together,
     documents_page_in_id_order,
     document_status_transitions_and_counts,
@@ -131,6 +132,7 @@ fn new_collection(tenant_name: &str, name: &str) -> NewCollection {
         description: format!("the {name} collection"),
         embedder: "all-minilm-l6-v2".to_owned(),
         dimensions: 384,
+        settings: serde_json::Map::new(),
     }
 }
 
@@ -155,6 +157,26 @@ fn new_document(collection: &CollectionRecord, title: &str) -> NewDocument {
         metadata,
         acl: vec!["group:staff".to_owned()],
     }
+}
+
+async fn collection_settings_are_kept_and_updated(store: Store) {
+    let mut new = new_collection("acme", "tuned");
+    new.settings = serde_json::json!({"retrieval": {"rrf_k": 20}}).as_object().unwrap().clone();
+    let created = store.create_collection(&new).await.unwrap();
+    let acme = tenant("acme");
+    assert_eq!(store.get_collection(&acme, created.id).await.unwrap().settings, new.settings);
+
+    let settings = serde_json::json!({"prompt": {"system": "Be brief."}}).as_object().unwrap().clone();
+    let update = CollectionUpdate { description: None, settings: Some(settings.clone()) };
+    let updated = store.update_collection(&acme, created.id, &update).await.unwrap();
+    assert_eq!(updated.settings, settings);
+    assert_eq!(updated.description, created.description, "an absent field is left alone");
+    let update = CollectionUpdate { description: Some("retuned".to_owned()), settings: None };
+    let updated = store.update_collection(&acme, created.id, &update).await.unwrap();
+    assert_eq!((updated.description.as_str(), &updated.settings), ("retuned", &settings));
+
+    let other = store.update_collection(&tenant("other"), created.id, &update).await;
+    assert!(matches!(other, Err(ragd_store::Error::NotFound(_))), "{other:?}");
 }
 
 async fn collections_are_created_listed_and_deleted_per_tenant(store: Store) {

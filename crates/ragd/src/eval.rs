@@ -108,6 +108,7 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
                     mode,
                     filter: Default::default(),
                     candidates: None,
+                    rrf_k: None,
                     principals: None,
                 })
                 .await?;
@@ -153,6 +154,7 @@ async fn create_collection(engines: &Engines, tenant: &TenantId, dataset: &str) 
     let collection = engines
         .store
         .create_collection(&NewCollection {
+            settings: Default::default(),
             tenant: tenant.clone(),
             name,
             description: format!("ragd eval of {dataset}"),

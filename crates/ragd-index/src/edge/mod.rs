@@ -423,7 +423,7 @@ impl VectorIndex for EdgeIndex {
             scope: filter::search_filter(query)?,
             limit: query.limit,
             candidates: query.candidates,
-            rrf_k: self.config.rrf_k,
+            rrf_k: query.rrf_k.map_or(self.config.rrf_k, |k| k as usize),
         };
         let (limit, candidates) = (plan.limit, plan.candidates);
         let started = Instant::now();

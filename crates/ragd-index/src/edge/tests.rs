@@ -175,6 +175,7 @@ async fn optimizer_builds_hnsw_and_search_still_finds_points() {
         limit: 3,
         candidates: 20,
         filter: ragd_core::Filter::default(),
+        rrf_k: None,
         principals: None,
     };
     let hits = index.search(&query).await.unwrap();

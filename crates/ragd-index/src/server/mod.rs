@@ -349,7 +349,7 @@ impl VectorIndex for QdrantServerIndex {
                 let request = QueryPointsBuilder::new(&name)
                     .add_prefetch(branch(dense(), DENSE_VECTOR))
                     .add_prefetch(branch(sparse(), SPARSE_VECTOR))
-                    .query(Query::new_rrf(RrfBuilder::default().k(self.config.rrf_k)))
+                    .query(Query::new_rrf(RrfBuilder::default().k(query.rrf_k.unwrap_or(self.config.rrf_k))))
                     .filter(scope.clone())
                     .limit(query.limit as u64)
                     .with_payload(true);

@@ -5,20 +5,21 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use ragd_core::{CollectionIndexSpec, CollectionName, IndexSettings, TenantId};
-use ragd_store::{CollectionRecord, NewCollection};
+use ragd_core::{CollectionIndexSpec, CollectionName, TenantId};
+use ragd_store::{CollectionRecord, CollectionUpdate, NewCollection};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AppJson, Caller};
+use crate::settings::CollectionSettings;
 use crate::state::AppState;
 use crate::wire::{CollectionStats, CollectionView};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/collections", get(list).post(create))
-        .route("/collections/{collection}", get(show).delete(remove))
+        .route("/collections/{collection}", get(show).patch(update).delete(remove))
 }
 
 #[derive(Deserialize)]
@@ -27,10 +28,20 @@ struct CreateCollection {
     name: String,
     #[serde(default)]
     description: String,
-    /// Layout in the vector engine: shards, replicas, on-disk storage,
-    /// quantization. Fixed once the collection exists.
+    /// Retrieval defaults, prompt overrides, and the index layout (fixed
+    /// once the collection exists).
     #[serde(default)]
-    index: IndexSettings,
+    settings: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateCollection {
+    #[serde(default)]
+    description: Option<String>,
+    /// Replaces the settings as a whole; `index` must stay as it was.
+    #[serde(default)]
+    settings: Option<Value>,
 }
 
 const MAX_DESCRIPTION: usize = 4096;
@@ -41,10 +52,11 @@ async fn create(
     AppJson(body): AppJson<CreateCollection>,
 ) -> ApiResult<(StatusCode, Json<CollectionView>)> {
     let name = CollectionName::parse(&body.name)?;
-    body.index.validate()?;
-    if body.description.len() > MAX_DESCRIPTION {
-        return Err(ApiError::invalid(format!("description is longer than {MAX_DESCRIPTION} bytes")));
-    }
+    check_description(&body.description)?;
+    let settings = match body.settings {
+        Value::Null => CollectionSettings::default(),
+        value => CollectionSettings::from_request(value)?,
+    };
     let record = state
         .store
         .create_collection(&NewCollection {
@@ -53,15 +65,52 @@ async fn create(
             description: body.description,
             embedder: state.embedder_model.clone(),
             dimensions: state.dimensions as i64,
+            settings: settings.to_map(),
         })
         .await?;
-    let spec = CollectionIndexSpec { collection: record.id, dimensions: state.dimensions, settings: body.index };
+    let spec = CollectionIndexSpec { collection: record.id, dimensions: state.dimensions, settings: settings.index };
     if let Err(error) = state.index.create_collection(&spec).await {
         // Without its index the collection is unusable: undo the row.
         let _ = state.store.delete_collection(&record.tenant, record.id).await;
         return Err(error.into());
     }
     Ok((StatusCode::CREATED, Json(CollectionView::from(&record))))
+}
+
+fn check_description(description: &str) -> ApiResult<()> {
+    if description.len() > MAX_DESCRIPTION {
+        return Err(ApiError::invalid(format!("description is longer than {MAX_DESCRIPTION} bytes")));
+    }
+    Ok(())
+}
+
+/// Changes the description or the settings; new settings apply to the
+/// next request.
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(collection): Path<String>,
+    AppJson(body): AppJson<UpdateCollection>,
+) -> ApiResult<Json<CollectionView>> {
+    let record = resolve(&state, &caller.tenant, &collection).await?;
+    if let Some(description) = &body.description {
+        check_description(description)?;
+    }
+    let settings = match body.settings {
+        None => None,
+        Some(value) => {
+            let settings = CollectionSettings::from_request(value)?;
+            if settings.index != CollectionSettings::of(&record)?.index {
+                return Err(ApiError::invalid(
+                    "settings.index is fixed when a collection is created; send it unchanged",
+                ));
+            }
+            Some(settings.to_map())
+        }
+    };
+    let update = CollectionUpdate { description: body.description, settings };
+    let record = state.store.update_collection(&record.tenant, record.id, &update).await?;
+    Ok(Json(CollectionView::from(&record)))
 }
 
 async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {

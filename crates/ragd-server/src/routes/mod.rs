@@ -1,7 +1,7 @@
 //! One module per resource, each exposing `router()`.
 
 mod batches;
-mod collections;
+pub(crate) mod collections;
 mod documents;
 mod health;
 mod openai;

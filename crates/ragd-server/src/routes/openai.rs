@@ -253,16 +253,16 @@ async fn grounded(
     }
     // The caller's instructions join the configured ones, which ask for
     // grounded, cited answers; the chat template expects one system message.
-    let mut prompt = state.answer.prompt.clone();
+    let mut instructions = Vec::new();
     let mut history = Vec::with_capacity(earlier.len());
     for message in earlier {
         if message.role == ChatRole::System {
-            prompt.system.push_str("\n\n");
-            prompt.system.push_str(&message.content);
+            instructions.push(message.content.as_str());
         } else {
             history.push(message.clone());
         }
     }
+    let instructions = instructions.join("\n\n");
     let request = RagRequest {
         collection: &collection.id.to_string(),
         search: SearchBody {
@@ -271,16 +271,17 @@ async fn grounded(
             mode: ModeParam::default(),
             filter: Value::Null,
             candidates: None,
+            rrf_k: None,
         },
         history: &history,
-        prompt: &prompt,
+        instructions: &instructions,
         sampling,
         neighbour_window: None,
     };
     let mut prepared = rag::prepare(state, caller, request).await?;
     let text = match prepared.generation.take() {
         Some(pieces) => AnswerText::Generated(pieces),
-        None => AnswerText::Fixed(state.answer.prompt.no_context_answer.clone()),
+        None => AnswerText::Fixed(prepared.no_context_answer.clone()),
     };
     Ok(Pending { text, prompt_tokens: prepared.prompt_tokens, max_tokens: sampling.max_tokens, grounding: Some(prepared) })
 }

@@ -41,6 +41,8 @@ struct QueryBody {
     #[serde(default)]
     candidates: Option<usize>,
     #[serde(default)]
+    rrf_k: Option<u32>,
+    #[serde(default)]
     stream: bool,
     #[serde(default)]
     max_tokens: Option<u32>,
@@ -65,25 +67,26 @@ async fn query(
             mode: body.mode,
             filter: body.filter,
             candidates: body.candidates,
+            rrf_k: body.rrf_k,
         },
         history: &[],
-        prompt: &state.answer.prompt,
+        instructions: "",
         sampling,
         neighbour_window: body.neighbour_window,
     };
     let prepared = rag::prepare(&state, &caller, request).await?;
     if body.stream {
-        Ok(stream_answer(state, prepared).into_response())
+        Ok(stream_answer(prepared).into_response())
     } else {
-        Ok(Json(collect_answer(&state, prepared).await?).into_response())
+        Ok(Json(collect_answer(prepared).await?).into_response())
     }
 }
 
-async fn collect_answer(state: &AppState, mut prepared: Prepared) -> ApiResult<Value> {
+async fn collect_answer(mut prepared: Prepared) -> ApiResult<Value> {
     let generate_started = Instant::now();
     let (answer, completion_tokens) = match prepared.generation.take() {
         Some(pieces) => rag::collect(pieces).await?,
-        None => (state.answer.prompt.no_context_answer.clone(), 0),
+        None => (prepared.no_context_answer.clone(), 0),
     };
     let generate_ms = generate_started.elapsed().as_secs_f64() * 1e3;
     let mut body = sources_json(&prepared);
@@ -91,7 +94,7 @@ async fn collect_answer(state: &AppState, mut prepared: Prepared) -> ApiResult<V
     Ok(body)
 }
 
-fn stream_answer(state: AppState, mut prepared: Prepared) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+fn stream_answer(mut prepared: Prepared) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let events = async_stream::stream! {
         yield Ok(json_event("sources", &sources_json(&prepared)));
         let generate_started = Instant::now();
@@ -115,7 +118,7 @@ fn stream_answer(state: AppState, mut prepared: Prepared) -> Sse<impl futures::S
                 }
             }
             None => {
-                answer = state.answer.prompt.no_context_answer.clone();
+                answer = prepared.no_context_answer.clone();
                 yield Ok(json_event("delta", &json!({"text": answer})));
             }
         }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::collections::resolve;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AppJson, Caller};
+use crate::settings::CollectionSettings;
 use crate::state::AppState;
 use crate::wire::HitView;
 
@@ -51,19 +52,24 @@ pub struct SearchBody {
     pub filter: Value,
     #[serde(default)]
     pub candidates: Option<usize>,
+    /// The `k` of reciprocal rank fusion in hybrid mode.
+    #[serde(default)]
+    pub rrf_k: Option<u32>,
 }
 
 impl SearchBody {
     pub async fn retrieve(&self, state: &AppState, caller: &Caller, collection: &str, default_top_k: usize) -> ApiResult<Retrieved> {
         let collection = resolve(state, &caller.tenant, collection).await?;
+        let defaults = CollectionSettings::of(&collection)?.retrieval;
         let request = SearchRequest {
             tenant: caller.tenant.clone(),
             collection: collection.id,
             query: self.query.clone(),
-            top_k: TopK::new(self.top_k.unwrap_or(default_top_k))?,
+            top_k: TopK::new(self.top_k.or(defaults.top_k).unwrap_or(default_top_k))?,
             mode: self.mode.into(),
             filter: Filter::from_json(&self.filter)?,
-            candidates: self.candidates,
+            candidates: self.candidates.or(defaults.candidates),
+            rrf_k: self.rrf_k.or(defaults.rrf_k),
             principals: None,
         };
         Ok(state.retriever.search(request).await?)
