@@ -22,21 +22,35 @@ const DIMENSIONS: usize = 4;
 const COMMON_TERM: u32 = 1;
 const RARE_TERM: u32 = 99;
 
+/// Hands every check (except the two persistence halves) to `$each!`, so
+/// `run_all` and each backend's one-test-per-check module share one list.
+#[macro_export]
+macro_rules! conformance_checks {
+    ($each:ident) => {
+        $each!(
+            collection_lifecycle,
+            compressed_on_disk_collection,
+            dense_search,
+            sparse_search,
+            hybrid_search,
+            hybrid_filters_inside_branches,
+            metadata_filters,
+            tenant_isolation,
+            acl_filter,
+            delete_document_keeps_version,
+            count_and_overwrite,
+            chunks_in_order,
+            invalid_input,
+        );
+    };
+}
+
 /// Runs every check except the two persistence halves.
 pub async fn run_all(index: &dyn VectorIndex) {
-    collection_lifecycle(index).await;
-    compressed_on_disk_collection(index).await;
-    dense_search(index).await;
-    sparse_search(index).await;
-    hybrid_search(index).await;
-    hybrid_filters_inside_branches(index).await;
-    metadata_filters(index).await;
-    tenant_isolation(index).await;
-    acl_filter(index).await;
-    delete_document_keeps_version(index).await;
-    count_and_overwrite(index).await;
-    chunks_in_order(index).await;
-    invalid_input(index).await;
+    macro_rules! run {
+        ($($check:ident),* $(,)?) => {$( $check(index).await; )*};
+    }
+    crate::conformance_checks!(run);
 }
 
 /// Four chunks of tenant A (`a1`..`a4`) and one of tenant B in the same

@@ -119,11 +119,11 @@ pub fn unpack<R: Read + Seek>(
     limits: &ArchiveLimits,
     sink: impl FnMut(Unpacked) -> ControlFlow<()>,
 ) -> crate::Result<()> {
-    let mut rules = Rules { limits: *limits, taken: 0, total: 0, sink };
     match kind {
-        ArchiveKind::Zip => unpack_zip_entries(reader, &mut rules),
-        ArchiveKind::Tar => unpack_tar_entries(reader, &mut rules),
-        ArchiveKind::TarGz => unpack_tar_entries(flate2::read::GzDecoder::new(reader), &mut rules),
+        ArchiveKind::Zip => {
+            unpack_zip_entries(reader, &mut Rules { limits: *limits, taken: 0, total: 0, sink })
+        }
+        ArchiveKind::Tar | ArchiveKind::TarGz => unpack_stream(kind, reader, limits, sink),
     }
 }
 

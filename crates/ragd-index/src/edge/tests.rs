@@ -18,21 +18,7 @@ macro_rules! conformance_tests {
     )*};
 }
 
-conformance_tests!(
-    collection_lifecycle,
-    compressed_on_disk_collection,
-    dense_search,
-    sparse_search,
-    hybrid_search,
-    hybrid_filters_inside_branches,
-    metadata_filters,
-    tenant_isolation,
-    acl_filter,
-    delete_document_keeps_version,
-    count_and_overwrite,
-    chunks_in_order,
-    invalid_input,
-);
+crate::conformance_checks!(conformance_tests);
 
 #[tokio::test]
 async fn shards_and_replicas_need_a_server() {
