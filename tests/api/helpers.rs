@@ -12,6 +12,40 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
 }
 
+/// A virtualenv with `requirement` (`name==version`) installed, made once
+/// per target directory and reused by later runs; `module` is what it
+/// imports, to tell whether an earlier run finished installing it.
+pub async fn python_venv(requirement: &str, module: &str) -> PathBuf {
+    let target = Path::new(env!("CARGO_BIN_EXE_ragd")).ancestors().nth(2).expect("target dir");
+    let venv = target.join(format!("pyvenv-{}", requirement.replace("==", "-")));
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success());
+    if ready {
+        return venv;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).output().await;
+    let made = made.unwrap_or_else(|e| panic!("python3 is needed to install {requirement}: {e}"));
+    assert!(made.status.success(), "python3 -m venv failed: {}", String::from_utf8_lossy(&made.stderr));
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", requirement])
+        .output()
+        .await
+        .expect("run pip");
+    if !installed.status.success() {
+        let _ = std::fs::remove_dir_all(&venv);
+        panic!(
+            "pip could not install {requirement} (this test needs PyPI access once per target directory):\n{}",
+            String::from_utf8_lossy(&installed.stderr)
+        );
+    }
+    venv
+}
+
 /// A running `ragd serve` with a fresh data directory; killed on drop.
 pub struct TestApp {
     pub address: String,

@@ -1,5 +1,4 @@
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -7,40 +6,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::helpers::{assert_problem, repo_root, seed_corpus, spawn_app, spawn_app_with};
+use crate::helpers::{assert_problem, python_venv, repo_root, seed_corpus, spawn_app, spawn_app_with};
 
 const GENERATOR: &str = "smollm2-135m-instruct";
 const EMBEDDER: &str = "minilm-l6-onnx";
 const OPENAI_CLIENT: &str = "openai==1.109.1";
-
-/// A virtualenv with the official OpenAI client, made once per target
-/// directory and reused by later runs.
-async fn python_with_openai() -> PathBuf {
-    let target = Path::new(env!("CARGO_BIN_EXE_ragd")).ancestors().nth(2).expect("target dir");
-    let venv = target.join(format!("pyvenv-{}", OPENAI_CLIENT.replace("==", "-")));
-    let python = venv.join("bin/python");
-    let ready = Command::new(&python).args(["-c", "import openai"]).output().await.is_ok_and(|o| o.status.success());
-    if ready {
-        return python;
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).output().await;
-    let made = made.unwrap_or_else(|e| panic!("python3 is needed to run the OpenAI client test: {e}"));
-    assert!(made.status.success(), "python3 -m venv failed: {}", String::from_utf8_lossy(&made.stderr));
-    let installed = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", OPENAI_CLIENT])
-        .output()
-        .await
-        .expect("run pip");
-    if !installed.status.success() {
-        let _ = std::fs::remove_dir_all(&venv);
-        panic!(
-            "pip could not install {OPENAI_CLIENT} (this test needs PyPI access once per target directory):\n{}",
-            String::from_utf8_lossy(&installed.stderr)
-        );
-    }
-    python
-}
 
 fn chunk_ids(list: &Value) -> HashSet<String> {
     list.as_array()
@@ -52,7 +22,7 @@ fn chunk_ids(list: &Value) -> HashSet<String> {
 
 #[tokio::test]
 async fn the_official_openai_client_works_against_ragd() {
-    let python = python_with_openai().await;
+    let python = python_venv(OPENAI_CLIENT, "openai").await.join("bin/python");
     let app = spawn_app().await;
     let c = app.create_collection("handbook").await;
     let ids = seed_corpus(&app, &c).await;

@@ -98,8 +98,10 @@ pub struct CollectionIndexSpec {
 #[serde(deny_unknown_fields, default)]
 pub struct IndexSettings {
     /// Shards the collection is split into; the engine's default when unset.
+    #[serde(deserialize_with = "crate::numbers::whole")]
     pub shard_number: Option<u32>,
     /// Copies of each shard; the engine's default when unset.
+    #[serde(deserialize_with = "crate::numbers::whole")]
     pub replication_factor: Option<u32>,
     /// Dense vectors (and payloads) memory-mapped from disk instead of held
     /// in RAM.

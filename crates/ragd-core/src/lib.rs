@@ -11,6 +11,7 @@ pub mod generate;
 pub mod ids;
 pub mod index;
 pub mod model;
+pub mod numbers;
 
 pub use error::{Error, ErrorKind, Result};
 pub use filter::{Condition, Filter, FilterValue};

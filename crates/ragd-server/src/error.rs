@@ -53,8 +53,10 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem-details body; `code` is the last part of `type`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem<'a> {
+    /// `urn:ragd:problem:<code>`.
     #[serde(rename = "type")]
     kind: String,
     title: &'a str,

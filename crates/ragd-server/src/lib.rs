@@ -7,6 +7,7 @@
 
 mod error;
 mod extract;
+mod openapi;
 mod rag;
 mod routes;
 mod settings;

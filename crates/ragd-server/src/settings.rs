@@ -11,40 +11,57 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, ApiResult};
 use crate::rag::MAX_NEIGHBOUR_WINDOW;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectionSettings {
     pub retrieval: RetrievalDefaults,
     pub prompt: PromptOverrides,
     /// Fixed at creation: shards, replicas, on-disk storage, quantization.
+    #[schema(schema_with = crate::openapi::index_settings)]
     pub index: IndexSettings,
 }
 
 /// Unset fields fall back to the server's configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrievalDefaults {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub top_k: Option<usize>,
+    /// At least `top_k`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1, maximum = 2000)]
     pub candidates: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1)]
     pub rrf_k: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(maximum = 5)]
     pub neighbour_window: Option<u32>,
 }
 
 /// Replaces the configured prompt's parts for this collection, e.g. a
 /// domain-specific system message or another language.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PromptOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 16384, pattern = "\\S")]
     pub system: Option<String>,
     /// Must contain `{sources}` and `{question}`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 16384,
+        pattern = "\\{sources\\}[\\s\\S]*\\{question\\}|\\{question\\}[\\s\\S]*\\{sources\\}"
+    )]
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 16384, pattern = "\\S")]
     pub no_context_answer: Option<String>,
 }
 
@@ -66,6 +83,11 @@ impl PromptOverrides {
 impl CollectionSettings {
     /// Parses and checks settings sent by a client.
     pub fn from_request(value: Value) -> ApiResult<Self> {
+        // serde would read a section from an array of its fields in order.
+        let objects = value.as_object().is_some_and(|sections| sections.values().all(|v| !v.is_array()));
+        if !objects {
+            return Err(ApiError::invalid("settings and each of its sections must be JSON objects"));
+        }
         let settings: Self =
             serde_json::from_value(value).map_err(|err| ApiError::invalid(format!("settings: {err}")))?;
         settings.validate()?;

@@ -4,6 +4,7 @@ use ragd_core::IndexHit;
 use ragd_store::{AddOutcome, BatchRecord, CollectionRecord, DocumentRecord, StatusCounts};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 pub fn timestamp(unix_ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(unix_ms)
@@ -11,7 +12,7 @@ pub fn timestamp(unix_ms: i64) -> String {
         .unwrap_or_default()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct CollectionView {
     pub id: String,
     pub name: String,
@@ -19,12 +20,13 @@ pub struct CollectionView {
     pub embedder: String,
     pub dimensions: i64,
     pub created_at: String,
+    #[schema(value_type = Object)]
     pub settings: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<CollectionStats>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct CollectionStats {
     pub documents: DocumentCounts,
     /// Chunks of ready documents, as recorded by ingestion.
@@ -34,7 +36,7 @@ pub struct CollectionStats {
     pub point_count: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DocumentCounts {
     pub total: i64,
     pub queued: i64,
@@ -73,7 +75,7 @@ impl From<&CollectionRecord> for CollectionView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DocumentView {
     pub id: String,
     pub collection_id: String,
@@ -83,7 +85,9 @@ pub struct DocumentView {
     pub media_type: String,
     pub size_bytes: i64,
     pub content_hash: String,
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
+    #[schema(value_type = String, pattern = "^(queued|processing|ready|failed)$")]
     pub status: &'static str,
     /// Why ingestion failed, when `status` is `failed`.
     pub failure: Option<String>,
@@ -141,7 +145,7 @@ impl From<&AddOutcome> for DocumentView {
 /// documents or new versions), `duplicates` were already in the collection,
 /// `rejected_count` were invalid; the `documents` and `rejected` lists are
 /// capped, and their `*_truncated` flags say when they were.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct BulkAddView {
     pub batch_id: String,
     pub accepted: i64,
@@ -153,7 +157,7 @@ pub struct BulkAddView {
     pub documents_truncated: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RejectedLine {
     pub line: usize,
     pub reason: String,
@@ -162,11 +166,12 @@ pub struct RejectedLine {
 /// What became of one line: `queued` (a new document, or a new `version`
 /// of the document with its `external_id`) or `duplicate` (`id` and
 /// `duplicate_of` name the document that already holds the content).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct BulkDocumentView {
     pub line: usize,
     pub id: String,
     pub external_id: Option<String>,
+    #[schema(value_type = String, pattern = "^(queued|processing|ready|failed|duplicate)$")]
     pub status: &'static str,
     pub version: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,7 +200,7 @@ impl BulkDocumentView {
 /// A batch with the statuses of its documents. `progress` is the share of
 /// them that finished (ready or failed); `done` is true once none is
 /// waiting or being processed.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct BatchView {
     pub id: String,
     pub collection_id: String,
@@ -229,7 +234,7 @@ impl BatchView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct HitView {
     pub rank: usize,
     pub chunk_id: String,
@@ -240,6 +245,7 @@ pub struct HitView {
     pub page: Option<u32>,
     pub chunk_index: u32,
     pub text: String,
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     pub scores: ScoresView,
 }
@@ -247,7 +253,7 @@ pub struct HitView {
 /// Each stage's score: `fused` orders the hits (RRF in hybrid mode), `dense`
 /// is cosine similarity, `sparse` is BM25; a stage that did not find the
 /// hit has no score.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ScoresView {
     pub fused: f32,
     pub dense: Option<f32>,

@@ -7,6 +7,7 @@ use axum::{Json, Router};
 use ragd_store::BatchId;
 
 use crate::error::ApiResult;
+use crate::error::Problem;
 use crate::extract::Caller;
 use crate::state::AppState;
 use crate::wire::BatchView;
@@ -15,7 +16,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/batches/{batch}", get(show))
 }
 
-async fn show(
+#[utoipa::path(get, path = "/v1/batches/{batch}", tag = "documents",
+    params(("batch" = String, Path, description = "the batch id an upload answered with", pattern = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")),
+    responses((status = 200, description = "the batch's progress", body = BatchView), (status = 400, description = "not a batch id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such batch", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(batch): Path<String>,

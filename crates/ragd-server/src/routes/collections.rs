@@ -10,6 +10,7 @@ use ragd_store::{CollectionRecord, CollectionUpdate, NewCollection};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AppJson, Caller};
 use crate::settings::CollectionSettings;
@@ -22,31 +23,39 @@ pub fn router() -> Router<AppState> {
         .route("/collections/{collection}", get(show).patch(update).delete(remove))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateCollection {
+pub(crate) struct CreateCollection {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     name: String,
+    /// At most 4096 bytes.
     #[serde(default)]
+    #[schema(max_length = 4096)]
     description: String,
     /// Retrieval defaults, prompt overrides, and the index layout (fixed
     /// once the collection exists).
     #[serde(default)]
+    #[schema(value_type = Option<crate::settings::CollectionSettings>)]
     settings: Value,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateCollection {
+pub(crate) struct UpdateCollection {
     #[serde(default)]
+    #[schema(max_length = 4096)]
     description: Option<String>,
     /// Replaces the settings as a whole; `index` must stay as it was.
     #[serde(default)]
+    #[schema(value_type = Option<crate::settings::CollectionSettings>)]
     settings: Option<Value>,
 }
 
 const MAX_DESCRIPTION: usize = 4096;
 
-async fn create(
+#[utoipa::path(post, path = "/v1/collections", tag = "collections", request_body = CreateCollection,
+    responses((status = 201, description = "created", body = CollectionView), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 409, description = "a collection with this name exists", body = Problem, content_type = "application/problem+json"), (status = 422, description = "well-formed JSON of the wrong shape", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(body): AppJson<CreateCollection>,
@@ -86,7 +95,9 @@ fn check_description(description: &str) -> ApiResult<()> {
 
 /// Changes the description or the settings; new settings apply to the
 /// next request.
-async fn update(
+#[utoipa::path(patch, path = "/v1/collections/{collection}", tag = "collections", params(("collection" = String, Path, description = "collection id or name")), request_body = UpdateCollection,
+    responses((status = 200, description = "the changed collection", body = CollectionView), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such collection", body = Problem, content_type = "application/problem+json"), (status = 422, description = "well-formed JSON of the wrong shape", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(collection): Path<String>,
@@ -113,13 +124,17 @@ async fn update(
     Ok(Json(CollectionView::from(&record)))
 }
 
-async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/v1/collections", tag = "collections",
+    responses((status = 200, description = "the caller's collections", body = ref("#/components/schemas/CollectionList"))))]
+pub(crate) async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let collections = state.store.list_collections(&caller.tenant).await?;
     let views: Vec<CollectionView> = collections.iter().map(CollectionView::from).collect();
     Ok(Json(json!({ "collections": views })))
 }
 
-async fn show(
+#[utoipa::path(get, path = "/v1/collections/{collection}", tag = "collections", params(("collection" = String, Path, description = "collection id or name")),
+    responses((status = 200, description = "the collection with its counts in `stats`", body = CollectionView), (status = 404, description = "no such collection", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(collection): Path<String>,
@@ -132,7 +147,9 @@ async fn show(
     Ok(Json(view))
 }
 
-async fn remove(
+#[utoipa::path(delete, path = "/v1/collections/{collection}", tag = "collections", params(("collection" = String, Path, description = "collection id or name")),
+    responses((status = 204, description = "deleted with its documents and vectors"), (status = 404, description = "no such collection", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(collection): Path<String>,

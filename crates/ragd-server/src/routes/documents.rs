@@ -27,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::collections::resolve;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{AppJson, Caller};
 use crate::state::AppState;
 use crate::wire::{BulkAddView, BulkDocumentView, DocumentView, RejectedLine};
@@ -38,17 +38,29 @@ pub fn router() -> Router<AppState> {
         .route("/collections/{collection}/documents/{document}", get(show).delete(remove))
 }
 
-#[derive(Deserialize)]
+/// One document as JSON, or one NDJSON line.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AddDocument {
+pub(crate) struct AddDocument {
+    /// The first line of the text when absent.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     title: Option<String>,
+    /// At most `server.max_document_bytes` bytes.
+    #[schema(min_length = 1, pattern = "\\S")]
     text: String,
+    /// Filterable values; keys are 1-64 letters, digits, `-` or `_`, and
+    /// the whole is at most 64 KiB as JSON.
     #[serde(default)]
+    #[schema(value_type = Object, additional_properties = true)]
     metadata: Map<String, Value>,
+    /// The caller's own id; new content for a known one makes a new version.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     external_id: Option<String>,
+    /// Principals (users or groups) that may see the document.
     #[serde(default)]
+    #[schema(max_items = 256, inline)]
     acl: Vec<String>,
 }
 
@@ -115,7 +127,23 @@ const MAX_ECHOED: usize = 1000;
 /// Lines longer than this are parsed on the blocking pool.
 const INLINE_PARSE_BYTES: usize = 256 * 1024;
 
-async fn add(
+#[utoipa::path(post, path = "/v1/collections/{collection}/documents", tag = "documents", params(("collection" = String, Path, description = "collection id or name")),
+    request_body(description = "one document as JSON; many as NDJSON (one `AddDocument` per line, streamed); files as \
+        multipart/form-data; or a whole ZIP, tar or gzipped tar archive", content(
+            (AddDocument = "application/json"),
+            (String = "application/x-ndjson"),
+            (ref("#/components/schemas/FileUpload") = "multipart/form-data"),
+            (ref("#/components/schemas/Archive") = "application/zip"),
+            (ref("#/components/schemas/Archive") = "application/x-tar"),
+            (ref("#/components/schemas/Archive") = "application/gzip"))),
+    responses(
+        (status = 200, description = "JSON: the document that already holds this content, with `duplicate: true`", body = DocumentView),
+        (status = 202, description = "queued: JSON answers with the document and its `job_id`; NDJSON with a `BulkAddView`; \
+            files and archives with the batch's documents and rejected files",
+            body = ref("#/components/schemas/DocumentsAccepted")),
+        (status = 400, description = "invalid input or an unsupported Content-Type", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such collection", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "a document or the body is over its limit", body = Problem, content_type = "application/problem+json"), (status = 422, description = "no file was accepted, or JSON of the wrong shape", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn add(
     State(state): State<AppState>,
     caller: Caller,
     Path(collection): Path<String>,
@@ -851,14 +879,24 @@ fn title_from_file_name(name: &str) -> String {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListParams {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// Page size, 1 to `server.max_page_size` (500 by default); 50 when absent.
+    #[param(minimum = 1)]
     limit: Option<u32>,
+    /// The `next_after` of the previous page.
+    #[param(
+        pattern = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+    )]
     after: Option<String>,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/collections/{collection}/documents", tag = "documents", params(("collection" = String, Path, description = "collection id or name"), ListParams),
+    responses((status = 200, description = "a page of documents, oldest first", body = ref("#/components/schemas/DocumentList")),
+        (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such collection", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(collection): Path<String>,
@@ -888,7 +926,10 @@ async fn find(
     Ok(state.store.get_document(collection.id, id).await?)
 }
 
-async fn show(
+#[utoipa::path(get, path = "/v1/collections/{collection}/documents/{document}", tag = "documents", params(("collection" = String, Path, description = "collection id or name"), ("document" = String, Path, description = "document id", pattern = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")),
+    responses((status = 200, description = "the document and its ingestion status", body = DocumentView),
+        (status = 400, description = "not a document id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such collection or document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path((collection, document)): Path<(String, String)>,
@@ -897,7 +938,9 @@ async fn show(
     Ok(Json(DocumentView::from(&record)))
 }
 
-async fn remove(
+#[utoipa::path(delete, path = "/v1/collections/{collection}/documents/{document}", tag = "documents", params(("collection" = String, Path, description = "collection id or name"), ("document" = String, Path, description = "document id", pattern = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")),
+    responses((status = 204, description = "deleted with its chunks"), (status = 400, description = "not a document id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such collection or document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path((collection, document)): Path<(String, String)>,

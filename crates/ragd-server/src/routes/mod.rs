@@ -1,11 +1,11 @@
 //! One module per resource, each exposing `router()`.
 
-mod batches;
+pub(crate) mod batches;
 pub(crate) mod collections;
-mod documents;
-mod health;
-mod openai;
-mod query;
+pub(crate) mod documents;
+pub(crate) mod health;
+pub(crate) mod openai;
+pub(crate) mod query;
 pub(crate) mod search;
 
 use axum::Router;
@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openai::router());
     Router::new()
         .merge(health::router())
+        .merge(crate::openapi::router())
         .nest("/v1", api)
         .layer(axum::middleware::map_response(problem_for_plain_errors))
         .layer(DefaultBodyLimit::max(body_limit))

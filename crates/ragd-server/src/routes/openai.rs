@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use super::collections::resolve;
 use super::search::{ModeParam, SearchBody};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{AppJson, Caller};
 use crate::rag::{self, Prepared, RagRequest, Sampling};
 use crate::state::AppState;
@@ -47,64 +47,79 @@ const MAX_NAMES_IN_ERROR: usize = 20;
 const MAX_EMBEDDING_INPUTS: usize = 256;
 const MAX_EMBEDDING_INPUT_CHARS: usize = 32_768;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ChatBody {
+pub(crate) struct ChatBody {
+    /// `rag:<collection id or name>`, or the generator's model name.
     model: String,
+    #[schema(min_items = 1)]
     messages: Vec<WireMessage>,
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1, maximum = 4096)]
     max_tokens: Option<u32>,
-    #[serde(default)]
+    /// Wins over `max_tokens`.
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1, maximum = 4096)]
     max_completion_tokens: Option<u32>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     temperature: Option<f32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
     seed: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1, maximum = 1)]
     n: Option<u32>,
     // Accepted because common clients send them by default; they do not
     // change the answer. Anything else unsupported (tools, stop,
     // response_format) is rejected rather than silently ignored.
     #[serde(default, rename = "top_p")]
+    #[schema(value_type = Option<serde_json::Value>)]
     _top_p: Option<IgnoredAny>,
     #[serde(default, rename = "presence_penalty")]
+    #[schema(value_type = Option<serde_json::Value>)]
     _presence_penalty: Option<IgnoredAny>,
     #[serde(default, rename = "frequency_penalty")]
+    #[schema(value_type = Option<serde_json::Value>)]
     _frequency_penalty: Option<IgnoredAny>,
     #[serde(default, rename = "user")]
+    #[schema(value_type = Option<serde_json::Value>)]
     _user: Option<IgnoredAny>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WireMessage {
+    #[schema(pattern = "^(system|developer|user|assistant)$")]
     role: String,
     #[serde(default)]
     content: Option<WireContent>,
     #[serde(default, rename = "name")]
+    #[schema(value_type = Option<serde_json::Value>)]
     _name: Option<IgnoredAny>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum WireContent {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Deserialize)]
+/// Only `text` parts are supported.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ContentPart {
     #[serde(rename = "type")]
+    #[schema(pattern = "^text$")]
     kind: String,
     #[serde(default)]
     text: Option<String>,
@@ -216,7 +231,13 @@ struct Pending {
     grounding: Option<Prepared>,
 }
 
-async fn chat_completions(
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatBody,
+    responses((status = 200, description = "an OpenAI `chat.completion` (grounded answers add `sources` and `citations`); \
+        with `stream` `chat.completion.chunk` server-sent events ending with `data: [DONE]`", content(
+            (ref("#/components/schemas/ChatCompletion") = "application/json"),
+            (ref("#/components/schemas/ChatCompletionEvent") = "text/event-stream"))),
+        (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such model", body = Problem, content_type = "application/problem+json"), (status = 422, description = "well-formed JSON of the wrong shape", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(body): AppJson<ChatBody>,
@@ -437,12 +458,16 @@ async fn models(state: &AppState, caller: &Caller) -> ApiResult<Vec<ModelEntry>>
     Ok(models)
 }
 
-async fn list_models(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses((status = 200, description = "the generator and one `rag:<collection>` model per collection", body = ref("#/components/schemas/ModelList"))))]
+pub(crate) async fn list_models(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let data: Vec<Value> = models(&state, &caller).await?.iter().map(ModelEntry::to_json).collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
-async fn show_model(State(state): State<AppState>, caller: Caller, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "openai", params(("model" = String, Path, description = "a model id from the list")),
+    responses((status = 200, description = "the model", body = ref("#/components/schemas/Model")), (status = 404, description = "no such model", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn show_model(State(state): State<AppState>, caller: Caller, Path(model): Path<String>) -> ApiResult<Json<Value>> {
     let models = models(&state, &caller).await?;
     match models.iter().find(|m| m.id == model) {
         Some(entry) => Ok(Json(entry.to_json())),
@@ -450,22 +475,26 @@ async fn show_model(State(state): State<AppState>, caller: Caller, Path(model): 
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EmbeddingsBody {
+pub(crate) struct EmbeddingsBody {
     /// A string or an array of strings; checked by `embedding_inputs`.
+    #[schema(schema_with = crate::openapi::embedding_input)]
     input: Value,
+    /// The embedder's name.
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
     encoding_format: Option<EncodingFormat>,
-    #[serde(default)]
+    /// The embedder's dimensions; vectors cannot be shortened.
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
     dimensions: Option<usize>,
     #[serde(default, rename = "user")]
+    #[schema(value_type = Option<serde_json::Value>)]
     _user: Option<IgnoredAny>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[derive(Deserialize, Clone, Copy, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum EncodingFormat {
     Float,
@@ -518,7 +547,10 @@ fn estimated_tokens(texts: &[String]) -> usize {
     texts.iter().map(|t| t.len().div_ceil(4)).sum()
 }
 
-async fn embeddings(State(state): State<AppState>, AppJson(body): AppJson<EmbeddingsBody>) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbeddingsBody,
+    responses((status = 200, description = "one embedding per input, in order", body = ref("#/components/schemas/EmbeddingList")),
+        (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not the embedder's model", body = Problem, content_type = "application/problem+json"), (status = 422, description = "well-formed JSON of the wrong shape", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn embeddings(State(state): State<AppState>, AppJson(body): AppJson<EmbeddingsBody>) -> ApiResult<Json<Value>> {
     let embedder = state.retriever.embedder().clone();
     let model = embedder.model().to_owned();
     if body.model.as_ref().is_some_and(|m| *m != model) {

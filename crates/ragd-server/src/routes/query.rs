@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::search::{ModeParam, SearchBody};
-use crate::error::ApiResult;
+use crate::error::{ApiResult, Problem};
 use crate::extract::{AppJson, Caller};
 use crate::rag::{self, Prepared, RagRequest, Sampling};
 use crate::state::AppState;
@@ -28,31 +28,46 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/collections/{collection}/query", post(query))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct QueryBody {
+pub(crate) struct QueryBody {
+    #[schema(min_length = 1, pattern = "\\S")]
     query: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1, maximum = 1000)]
     top_k: Option<usize>,
     #[serde(default)]
     mode: ModeParam,
+    /// As in search.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     filter: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1, maximum = 2000)]
     candidates: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1)]
     rrf_k: Option<u32>,
     #[serde(default)]
     stream: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1, maximum = 4096)]
     max_tokens: Option<u32>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     temperature: Option<f32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(maximum = 5)]
     neighbour_window: Option<u32>,
 }
 
-async fn query(
+#[utoipa::path(post, path = "/v1/collections/{collection}/query", tag = "query", params(("collection" = String, Path, description = "collection id or name")), request_body = QueryBody,
+    responses((status = 200, description = "the answer with its sources and citations; with `stream` server-sent events \
+        `sources`, `delta` and `done` carrying the same fields", content(
+            (ref("#/components/schemas/QueryAnswer") = "application/json"),
+            (ref("#/components/schemas/QueryEvent") = "text/event-stream"))),
+        (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such collection", body = Problem, content_type = "application/problem+json"), (status = 422, description = "well-formed JSON of the wrong shape", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn query(
     State(state): State<AppState>,
     caller: Caller,
     Path(collection): Path<String>,

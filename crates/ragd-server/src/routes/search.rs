@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::collections::resolve;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{AppJson, Caller};
 use crate::settings::CollectionSettings;
 use crate::state::AppState;
@@ -20,7 +20,7 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/collections/{collection}/search", post(search))
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ModeParam {
     Dense,
@@ -40,20 +40,29 @@ impl From<ModeParam> for SearchMode {
 }
 
 /// The retrieval part of a request, shared by `/search` and `/query`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchBody {
+    #[schema(min_length = 1, pattern = "\\S")]
     pub query: String,
-    #[serde(default)]
+    /// The collection's `settings.retrieval.top_k`, else 10.
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub top_k: Option<usize>,
     #[serde(default)]
     pub mode: ModeParam,
+    /// Metadata conditions, all of which must hold: `{"key": value}`,
+    /// `{"key": [any, of]}` or `{"key": {"gte": 1, "lt": 5}}`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub filter: Value,
-    #[serde(default)]
+    /// Candidates each stage retrieves before fusion; at least `top_k`.
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1, maximum = 2000)]
     pub candidates: Option<usize>,
     /// The `k` of reciprocal rank fusion in hybrid mode.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
+    #[schema(minimum = 1)]
     pub rrf_k: Option<u32>,
 }
 
@@ -78,7 +87,10 @@ impl SearchBody {
 
 const DEFAULT_SEARCH_TOP_K: usize = 10;
 
-async fn search(
+#[utoipa::path(post, path = "/v1/collections/{collection}/search", tag = "search", params(("collection" = String, Path, description = "collection id or name")), request_body = SearchBody,
+    responses((status = 200, description = "the hits, best first", body = ref("#/components/schemas/SearchResult")),
+        (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such collection", body = Problem, content_type = "application/problem+json"), (status = 422, description = "well-formed JSON of the wrong shape", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn search(
     State(state): State<AppState>,
     caller: Caller,
     Path(collection): Path<String>,
