@@ -10,6 +10,7 @@ mod documents;
 mod errors;
 mod eval;
 mod ingest;
+mod jobs;
 mod openai;
 mod query;
 mod search;

@@ -3,6 +3,7 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -187,6 +188,7 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FinetuneOutcome {
+    pub dimensions: usize,
     pub train_pairs: usize,
     pub validation_pairs: usize,
     pub steps: usize,
@@ -194,11 +196,13 @@ pub struct FinetuneOutcome {
 }
 
 /// Fine-tunes the base model on `pairs` with in-batch negatives and writes
-/// the result to `config.output_dir`. `observe` hears every step and epoch;
-/// returning `Break` stops the run with [`Error::Stopped`].
+/// the result to `config.output_dir`. `observe` hears every step and epoch.
+/// The run ends with [`Error::Stopped`] when `observe` returns `Break` or
+/// when `stop` is set, which is looked at before every step.
 pub fn finetune(
     config: &FinetuneConfig,
     pairs: &[TrainingPair],
+    stop: &AtomicBool,
     observe: &mut dyn FnMut(Event) -> ControlFlow<()>,
 ) -> Result<FinetuneOutcome> {
     let device = Device::Cpu;
@@ -217,8 +221,14 @@ pub fn finetune(
     let (train, validation) = split(pairs, config.seed, config.validation_fraction)?;
     let batches_per_epoch = batch_bounds(train.len(), config.batch_size.max(2)).len();
     let total_steps = batches_per_epoch * config.epochs;
-    let stop = |flow: ControlFlow<()>| if flow.is_break() { Err(Error::Stopped) } else { Ok(()) };
-    stop(observe(Event::Log(format!(
+    let check = |flow: ControlFlow<()>| {
+        if flow.is_break() || stop.load(Ordering::Relaxed) {
+            Err(Error::Stopped)
+        } else {
+            Ok(())
+        }
+    };
+    check(observe(Event::Log(format!(
         "{} training pairs, {} held out, {batches_per_epoch} steps per epoch, starting after epoch {start_epoch}",
         train.len(),
         validation.len()
@@ -226,7 +236,7 @@ pub fn finetune(
     let mut last_validation = None;
     if start_epoch == 0 {
         last_validation = validate(&encoder, &validation, config.batch_size)?;
-        stop(observe(Event::Epoch { epoch: 0, validation: last_validation, checkpoint: None }))?;
+        check(observe(Event::Epoch { epoch: 0, validation: last_validation, checkpoint: None }))?;
     }
 
     let params = ParamsAdamW { lr: config.learning_rate, weight_decay: 0.01, ..Default::default() };
@@ -236,6 +246,7 @@ pub fn finetune(
     for epoch in start_epoch + 1..=config.epochs {
         let order = shuffled(train.len(), config.seed.wrapping_add(epoch as u64));
         for (from, to) in batch_bounds(train.len(), config.batch_size.max(2)) {
+            check(ControlFlow::Continue(()))?;
             let started = Instant::now();
             let batch: Vec<&TrainingPair> = order[from..to].iter().map(|&i| train[i]).collect();
             let loss = ranking_loss(&encoder, &batch)?;
@@ -248,7 +259,7 @@ pub fn finetune(
                 loss: loss.to_scalar::<f32>()?,
                 elapsed_ms: started.elapsed().as_millis() as u64,
             };
-            stop(observe(event))?;
+            check(observe(event))?;
         }
         let weights = config.checkpoint_dir.join(format!("epoch-{epoch}.safetensors"));
         varmap.save(&weights)?;
@@ -260,7 +271,7 @@ pub fn finetune(
         }
         last_validation = validate(&encoder, &validation, config.batch_size)?;
         let checkpoint = Some(Checkpoint { epoch, weights });
-        stop(observe(Event::Epoch { epoch, validation: last_validation, checkpoint }))?;
+        check(observe(Event::Epoch { epoch, validation: last_validation, checkpoint }))?;
     }
 
     std::fs::create_dir_all(&config.output_dir)?;
@@ -272,6 +283,7 @@ pub fn finetune(
         }
     }
     Ok(FinetuneOutcome {
+        dimensions: encoder.dimensions(),
         train_pairs: train.len(),
         validation_pairs: validation.len(),
         steps: step,

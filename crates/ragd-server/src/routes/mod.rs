@@ -4,6 +4,7 @@ mod batches;
 mod collections;
 mod documents;
 mod health;
+mod jobs;
 mod openai;
 mod query;
 pub(crate) mod search;
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .merge(batches::router())
         .merge(collections::router())
         .merge(documents::router())
+        .merge(jobs::router())
         .merge(search::router())
         .merge(query::router())
         .merge(openai::router());
