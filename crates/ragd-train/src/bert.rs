@@ -116,7 +116,7 @@ impl Bert {
                 config.hidden_act
             );
         }
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.hidden_size.checked_rem(config.num_attention_heads) != Some(0) {
             candle_core::bail!("hidden_size is not a multiple of num_attention_heads");
         }
         let emb = vb.pp("embeddings");
