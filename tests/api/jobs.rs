@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, spawn_app, TestApp};
+use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_app_with};
 
 const CODE_WORDS: [&str; 16] = [
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
@@ -224,4 +224,57 @@ async fn job_requests_are_validated() {
     assert_problem(app.get("/v1/jobs?limit=0").await, StatusCode::BAD_REQUEST).await;
     let listed: Value = app.get("/v1/jobs").await.json().await.unwrap();
     assert_eq!(listed, json!({"jobs": [], "next_after": null}));
+}
+
+#[tokio::test]
+async fn finetune_embedder_reads_a_beir_dataset_under_the_datasets_dir() {
+    let datasets = tempfile::tempdir().unwrap();
+    let beir = datasets.path().join("tiny");
+    std::fs::create_dir_all(beir.join("qrels")).unwrap();
+    let mut corpus = String::new();
+    let mut queries = String::new();
+    let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
+    for (i, topic) in TOPICS.iter().take(7).enumerate() {
+        corpus.push_str(&format!(
+            "{}\n",
+            json!({"_id": format!("d{i}"), "title": topic, "text": format!("All about {topic}.")})
+        ));
+        queries.push_str(&format!(
+            "{}\n",
+            json!({"_id": format!("q{i}"), "text": format!("code word {}", CODE_WORDS[i])})
+        ));
+        // The last judgement says "not relevant": it makes no pair.
+        qrels.push_str(&format!("q{i}\td{i}\t{}\n", u8::from(i < 6)));
+    }
+    std::fs::write(beir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(beir.join("queries.jsonl"), queries).unwrap();
+    std::fs::write(beir.join("qrels/train.tsv"), qrels).unwrap();
+    let app = spawn_app_with(&[("RAGD_JOBS__DATASETS_DIR", datasets.path().to_str().unwrap())]).await;
+
+    let params = json!({"dataset": {"beir_dir": "tiny"}, "batch_size": 4, "max_seq_len": 16, "validation_fraction": 0.0});
+    let submitted = submit(&app, params).await;
+    let done = wait_job(&app, submitted["id"].as_str().unwrap(), Duration::from_secs(600), finished).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(values(&done, "loss").len(), 2, "6 pairs in batches of 4 and 2: {done}");
+    let logs: Vec<&str> =
+        done["logs"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+    assert!(logs.iter().any(|l| l.starts_with("6 training pairs, 0 held out")), "{logs:?}");
+    assert!(done["artifacts"][0]["name"].as_str().unwrap().starts_with("all-minilm-l6-v2-ft-"), "{done}");
+
+    let missing = submit(&app, json!({"dataset": {"beir_dir": "tiny", "split": "test"}})).await;
+    let failed = wait_job(&app, missing["id"].as_str().unwrap(), Duration::from_secs(120), finished).await;
+    assert_eq!(
+        (failed["status"].as_str(), failed["attempts"].as_i64()),
+        (Some("failed"), Some(1)),
+        "{failed}"
+    );
+    assert!(failed["error"].as_str().unwrap().contains("cannot read"), "{failed}");
+
+    let outside = app
+        .post_json(
+            "/v1/jobs",
+            &json!({"kind": "finetune-embedder", "params": {"dataset": {"beir_dir": "../tiny"}}}),
+        )
+        .await;
+    assert_problem(outside, StatusCode::UNPROCESSABLE_ENTITY).await;
 }

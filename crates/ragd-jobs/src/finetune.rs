@@ -64,11 +64,12 @@ pub struct PairParams {
     pub negative: Option<String>,
 }
 
-/// A BEIR folder the workers can read: every judged (query, document) of
-/// the split with a grade above 0 becomes a pair.
+/// A BEIR folder under `jobs.datasets_dir`: every judged (query, document)
+/// of the split with a grade above 0 becomes a pair.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetParams {
+    /// Relative to `jobs.datasets_dir`, which callers cannot leave.
     pub beir_dir: PathBuf,
     #[serde(default = "default_split")]
     pub split: String,
@@ -128,6 +129,15 @@ impl FinetuneEmbedderParams {
             return Err(format!("pairs[{n}]: query and positive must not be empty"));
         }
         if let Some(dataset) = &self.dataset {
+            let inside =
+                dataset.beir_dir.components().all(|part| matches!(part, std::path::Component::Normal(_)));
+            if !inside || dataset.beir_dir.as_os_str().is_empty() {
+                return Err(
+                    "dataset.beir_dir must be a relative path inside the server's datasets directory, \
+                            without '..'"
+                        .to_owned(),
+                );
+            }
             if dataset.split.is_empty() || dataset.split.contains(['/', '\\']) || dataset.split.contains("..")
             {
                 return Err("dataset.split must be a plain name such as \"train\"".to_owned());
@@ -194,11 +204,13 @@ pub struct TrainingJobs {
     registry_dir: PathBuf,
     /// `<data_dir>`: trained models go to `models/`, job scratch to `jobs/`.
     data_dir: PathBuf,
+    /// `jobs.datasets_dir`: the root of every `dataset.beir_dir`.
+    datasets_dir: PathBuf,
 }
 
 impl TrainingJobs {
-    pub fn new(store: Store, registry_dir: PathBuf, data_dir: PathBuf) -> Self {
-        Self { store, registry_dir, data_dir }
+    pub fn new(store: Store, registry_dir: PathBuf, data_dir: PathBuf, datasets_dir: PathBuf) -> Self {
+        Self { store, registry_dir, data_dir, datasets_dir }
     }
 
     /// Where trained models are registered.
@@ -239,7 +251,7 @@ impl TrainingJobs {
             .into());
         }
         let base_dir = self.base_dir(&params.base_model)?;
-        let pairs = load_pairs(&params).await?;
+        let pairs = load_pairs(&params, &self.datasets_dir).await?;
         let scratch = self.scratch_dir(job.id);
         let resume = resume_point(job);
         let message = match &resume {
@@ -411,7 +423,7 @@ fn resume_point(job: &JobRecord) -> Option<Checkpoint> {
     weights.is_file().then_some(Checkpoint { epoch, weights })
 }
 
-async fn load_pairs(params: &FinetuneEmbedderParams) -> Result<Vec<TrainingPair>> {
+async fn load_pairs(params: &FinetuneEmbedderParams, datasets_dir: &Path) -> Result<Vec<TrainingPair>> {
     let Some(dataset) = params.dataset.clone() else {
         return Ok(params
             .pairs
@@ -423,9 +435,9 @@ async fn load_pairs(params: &FinetuneEmbedderParams) -> Result<Vec<TrainingPair>
             })
             .collect());
     };
+    let dir = datasets_dir.join(&dataset.beir_dir);
     tokio::task::spawn_blocking(move || -> Result<Vec<TrainingPair>> {
-        let beir =
-            ragd_eval::beir::load(&dataset.beir_dir, &dataset.split).map_err(ragd_core::Error::from)?;
+        let beir = ragd_eval::beir::load(&dir, &dataset.split).map_err(ragd_core::Error::from)?;
         let passages: std::collections::HashMap<&str, String> = beir
             .corpus
             .iter()
@@ -499,7 +511,10 @@ mod tests {
         let cases = [
             (json!({"pairs": pairs(1)}), "at least 2 pairs"),
             (json!({}), "at least 2 pairs"),
-            (json!({"pairs": pairs(2), "dataset": {"beir_dir": "/x"}}), "not both"),
+            (json!({"pairs": pairs(2), "dataset": {"beir_dir": "x"}}), "not both"),
+            (json!({"dataset": {"beir_dir": "/etc"}}), "dataset.beir_dir"),
+            (json!({"dataset": {"beir_dir": "scifact/../../etc"}}), "dataset.beir_dir"),
+            (json!({"dataset": {"beir_dir": ""}}), "dataset.beir_dir"),
             (json!({"pairs": pairs(2), "epochs": 0}), "epochs"),
             (json!({"pairs": pairs(2), "batch_size": 1}), "batch_size"),
             (json!({"pairs": pairs(2), "learning_rate": 0.0}), "learning_rate"),
@@ -512,7 +527,7 @@ mod tests {
                 "pairs[0]",
             ),
             (json!({"pairs": pairs(2), "dataset": null, "colour": "red"}), "unknown field"),
-            (json!({"dataset": {"beir_dir": "/x", "split": "../train"}}), "dataset.split"),
+            (json!({"dataset": {"beir_dir": "x", "split": "../train"}}), "dataset.split"),
         ];
         for (params, expected) in cases {
             let err = validate_submission(FINETUNE_EMBEDDER_KIND, params.clone()).expect_err("invalid");

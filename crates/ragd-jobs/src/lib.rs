@@ -12,6 +12,8 @@ pub mod finetune;
 pub mod ingest;
 mod worker;
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 pub use finetune::{validate_submission, TrainingJobs, FINETUNE_EMBEDDER_KIND};
@@ -92,10 +94,19 @@ pub struct JobsConfig {
     pub poll_interval_ms: u64,
     /// Chunks embedded and written to the index at a time.
     pub embed_batch_size: usize,
+    /// The only place training jobs read datasets from: a job's
+    /// `dataset.beir_dir` is a relative path under it.
+    pub datasets_dir: PathBuf,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
-        Self { workers: 1, lease_secs: 60, poll_interval_ms: 500, embed_batch_size: 32 }
+        Self {
+            workers: 1,
+            lease_secs: 60,
+            poll_interval_ms: 500,
+            embed_batch_size: 32,
+            datasets_dir: PathBuf::from("datasets"),
+        }
     }
 }

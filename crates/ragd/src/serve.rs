@@ -112,6 +112,7 @@ impl Engines {
             self.store.clone(),
             config.models.dir.clone(),
             config.data_dir.clone(),
+            config.jobs.datasets_dir.clone(),
         ));
         let host = hostname();
         (0..count)
