@@ -398,9 +398,12 @@ fn shuffled(len: usize, seed: u64) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    /// (items, batch size, expected bounds)
+    type BatchCase = (usize, usize, &'static [(usize, usize)]);
+
     #[test]
     fn batches_never_leave_a_single_pair() {
-        let cases: [(usize, usize, &[(usize, usize)]); 5] = [
+        let cases: [BatchCase; 5] = [
             (8, 4, &[(0, 4), (4, 8)]),
             (9, 4, &[(0, 4), (4, 9)]),
             (10, 4, &[(0, 4), (4, 8), (8, 10)]),
