@@ -11,6 +11,7 @@ mod errors;
 mod eval;
 mod fuzz;
 mod ingest;
+mod jobs;
 mod openai;
 mod openapi;
 mod query;

@@ -2,7 +2,8 @@
 //! own) and two worker processes share one PostgreSQL database and one blobs
 //! directory; one worker is killed with SIGKILL in the middle of a job, the
 //! other takes the job over when its lease expires, and every job is done
-//! exactly once.
+//! exactly once. A training job killed the same way resumes from its last
+//! epoch checkpoint.
 //!
 //! Each worker indexes into its own Qdrant Edge directory (`--private-index`):
 //! an Edge index belongs to one process, and the shared Qdrant server backend
@@ -334,4 +335,61 @@ async fn a_worker_refuses_an_index_it_cannot_share() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("unknown job kind \"compact\""), "{stderr}");
+}
+
+/// A training job whose worker is killed after an epoch resumes on another
+/// worker from that epoch's checkpoint instead of starting over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_training_job_resumes_from_its_checkpoint() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let url = database.url();
+    let app = spawn_app_with(&[("RAGD_STORE__URL", url.as_str()), ("RAGD_JOBS__WORKERS", "0")]).await;
+    let store = Store::connect(&StoreConfig { url: url.clone(), max_connections: 2 }).await.expect("connect");
+    let env = [("RAGD_STORE__URL", url.as_str()), ("RAGD_JOBS__LEASE_SECS", LEASE_SECS)];
+    let args = ["--private-index", "--kinds", "finetune-embedder"];
+    let mut first = spawn_worker(&args, &env).await;
+
+    let pairs: Vec<Value> = ["cats", "tides", "chess", "bees", "jazz", "tea", "saturn", "wolves"]
+        .iter()
+        .enumerate()
+        .map(|(i, topic)| json!({"query": format!("code word {i}"), "positive": format!("a passage about {topic}")}))
+        .collect();
+    // 8 pairs in batches of 4: 2 steps per epoch, 6 in all.
+    let params = json!({"pairs": pairs, "epochs": 3, "batch_size": 4, "max_seq_len": 16, "validation_fraction": 0.0});
+    let response = app.post_json("/v1/jobs", &json!({"kind": "finetune-embedder", "params": params})).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let job: JobId = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let record = store.get_job(job).await.expect("job");
+        if record.checkpoint.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint after 300 s: {record:?}\n{}", first.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.child.start_kill().expect("SIGKILL");
+    first.child.wait().await.expect("wait for the killed worker");
+    let killed = store.get_job(job).await.expect("job");
+    assert_eq!((killed.state, killed.attempts), (JobState::Running, 1), "finished before the kill: {killed:?}");
+    let resumed_after = killed.checkpoint.expect("checkpoint")["epoch"].as_u64().unwrap();
+
+    let second = spawn_worker(&args, &env).await;
+    wait_for_job(&store, job, "finished", |record| record.state != JobState::Running).await;
+    let done: Value = app.get(&format!("/v1/jobs/{job}")).await.json().await.unwrap();
+    assert_eq!((done["status"].as_str(), done["attempts"].as_i64()), (Some("succeeded"), Some(2)), "{done}");
+    let logs: Vec<&str> = done["logs"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+    let expected = format!("attempt 2: resuming after epoch {resumed_after}");
+    assert!(logs.contains(&expected.as_str()), "{logs:?}");
+    let steps: Vec<i64> =
+        done["metrics"]["loss"].as_array().unwrap().iter().map(|p| p["step"].as_i64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6], "{done}");
+    let path = done["artifacts"][0]["path"].as_str().unwrap();
+    assert!(std::path::Path::new(path).starts_with(second.data_dir.path()), "{path}");
+
+    store.close().await;
+    drop(second);
+    drop(first);
+    drop(app);
 }

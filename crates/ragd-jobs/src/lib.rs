@@ -1,17 +1,22 @@
 //! The durable job runner: workers claim jobs from the store's queue under a
 //! lease, keep the lease alive while they work, and record the outcome. The
-//! job kinds live here too; today that is `ingest`, the pipeline that turns a
-//! stored upload into indexed chunks.
+//! job kinds live here too: `ingest`, the pipeline that turns a stored
+//! upload into indexed chunks, and `finetune-embedder`, submitted through the
+//! job API, which trains an embedder with `ragd-train`.
 //!
 //! Invariant: a job is only ever finished by the worker holding its lease,
 //! and every step of a job is safe to repeat, because a crashed worker's job
 //! is claimed again once its lease expires.
 
+pub mod finetune;
 pub mod ingest;
 mod worker;
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
+pub use finetune::{validate_submission, TrainingJobs, FINETUNE_EMBEDDER_KIND};
 pub use ingest::{IngestCounters, IngestPipeline};
 pub use worker::{Worker, WorkerHandle};
 
@@ -23,6 +28,9 @@ pub enum Error {
     LeaseLost,
     #[error("unknown job kind {0:?}")]
     UnknownKind(String),
+    /// The job's owner asked it to stop, and it did.
+    #[error("the job was cancelled")]
+    Cancelled,
     #[error("background task failed")]
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
@@ -43,6 +51,15 @@ impl From<ragd_ingest::Error> for Error {
     }
 }
 
+impl From<ragd_train::Error> for Error {
+    fn from(error: ragd_train::Error) -> Self {
+        match error {
+            ragd_train::Error::Stopped => Self::Cancelled,
+            other => Self::Core(other.into()),
+        }
+    }
+}
+
 impl From<Error> for ragd_core::Error {
     fn from(error: Error) -> Self {
         match error {
@@ -60,7 +77,7 @@ impl Error {
         match self {
             Self::Core(inner) => matches!(inner.kind(), Internal | Upstream | Unavailable),
             Self::Join(_) => true,
-            Self::Payload { .. } | Self::UnknownKind(_) | Self::LeaseLost => false,
+            Self::Payload { .. } | Self::UnknownKind(_) | Self::LeaseLost | Self::Cancelled => false,
         }
     }
 }
@@ -77,10 +94,19 @@ pub struct JobsConfig {
     pub poll_interval_ms: u64,
     /// Chunks embedded and written to the index at a time.
     pub embed_batch_size: usize,
+    /// The only place training jobs read datasets from: a job's
+    /// `dataset.beir_dir` is a relative path under it.
+    pub datasets_dir: PathBuf,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
-        Self { workers: 1, lease_secs: 60, poll_interval_ms: 500, embed_batch_size: 32 }
+        Self {
+            workers: 1,
+            lease_secs: 60,
+            poll_interval_ms: 500,
+            embed_batch_size: 32,
+            datasets_dir: PathBuf::from("datasets"),
+        }
     }
 }

@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::finetune::{TrainingJobs, FINETUNE_EMBEDDER_KIND};
 use crate::ingest::IngestPipeline;
 use crate::{Error, JobsConfig};
 
@@ -28,6 +29,7 @@ pub struct Worker {
     name: String,
     store: Store,
     ingest: Arc<IngestPipeline>,
+    training: Arc<TrainingJobs>,
     config: JobsConfig,
     handle: WorkerHandle,
     kinds: Vec<&'static str>,
@@ -35,11 +37,18 @@ pub struct Worker {
 
 impl Worker {
     /// A worker for every job kind; [`Worker::only`] narrows it.
-    pub fn new(name: String, store: Store, ingest: Arc<IngestPipeline>, config: JobsConfig, handle: WorkerHandle) -> Self {
-        Self { name, store, ingest, config, handle, kinds: Self::KINDS.to_vec() }
+    pub fn new(
+        name: String,
+        store: Store,
+        ingest: Arc<IngestPipeline>,
+        training: Arc<TrainingJobs>,
+        config: JobsConfig,
+        handle: WorkerHandle,
+    ) -> Self {
+        Self { name, store, ingest, training, config, handle, kinds: Self::KINDS.to_vec() }
     }
 
-    pub const KINDS: &'static [&'static str] = &[ragd_store::INGEST_JOB_KIND];
+    pub const KINDS: &'static [&'static str] = &[ragd_store::INGEST_JOB_KIND, FINETUNE_EMBEDDER_KIND];
 
     /// The known kind spelled `name`.
     pub fn kind(name: &str) -> Option<&'static str> {
@@ -107,6 +116,12 @@ impl Worker {
                     tracing::info!(elapsed_ms, "job succeeded");
                 }
                 Err(Error::LeaseLost) => tracing::warn!(elapsed_ms, "job abandoned: its lease was taken over"),
+                Err(Error::Cancelled) => {
+                    if let Err(error) = self.store.finish_cancelled_job(job.id, &self.name).await {
+                        tracing::warn!(error = %ragd_core::Error::from(error).chain(), "recording job cancellation failed");
+                    }
+                    tracing::info!(elapsed_ms, "job cancelled");
+                }
                 Err(error) => {
                     let retry = error.is_retryable() && job.attempts < job.max_attempts;
                     let reason = ragd_core::Error::from(error);
@@ -127,6 +142,7 @@ impl Worker {
     async fn dispatch(&self, job: &JobRecord) -> crate::Result<()> {
         match job.kind.as_str() {
             ragd_store::INGEST_JOB_KIND => self.ingest.run(job).await,
+            FINETUNE_EMBEDDER_KIND => self.training.run(job, &self.name).await,
             other => Err(Error::UnknownKind(other.to_owned())),
         }
     }

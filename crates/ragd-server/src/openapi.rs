@@ -37,6 +37,10 @@ use crate::state::AppState;
         crate::routes::documents::show,
         crate::routes::documents::remove,
         crate::routes::batches::show,
+        crate::routes::jobs::submit,
+        crate::routes::jobs::list,
+        crate::routes::jobs::show,
+        crate::routes::jobs::cancel,
         crate::routes::search::search,
         crate::routes::query::query,
         crate::routes::openai::chat_completions,
@@ -52,6 +56,7 @@ use crate::state::AppState;
         (name = "documents", description = "adding, listing and deleting documents; upload batches"),
         (name = "search", description = "retrieval without generation"),
         (name = "query", description = "grounded answers with citations"),
+        (name = "jobs", description = "long-running jobs: fine-tuning, with progress, metrics and cancellation"),
         (name = "openai", description = "OpenAI-compatible chat completions, models and embeddings"),
     )
 )]
@@ -133,6 +138,16 @@ fn named_schemas() -> Vec<(&'static str, Value)> {
             json!({
                 "type": "object", "required": ["collections"],
                 "properties": {"collections": {"type": "array", "items": reference("CollectionView")}},
+            }),
+        ),
+        (
+            "JobList",
+            json!({
+                "type": "object", "required": ["jobs", "next_after"],
+                "properties": {
+                    "jobs": {"type": "array", "items": reference("JobView")},
+                    "next_after": {"type": ["string", "null"], "description": "the `after` of the next page; null on the last"},
+                },
             }),
         ),
         (

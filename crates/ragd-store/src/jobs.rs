@@ -2,7 +2,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use ragd_core::{CollectionId, DocumentId, JobId};
+use ragd_core::{CollectionId, DocumentId, JobId, TenantId};
 use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -77,13 +77,29 @@ pub struct JobRecord {
     pub error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The owner of a job submitted through the job API; None for internal
+    /// jobs such as ingest.
+    pub tenant: Option<TenantId>,
+    /// 0..1, as last reported by the worker.
+    pub progress: f64,
+    /// What the worker is doing, as last reported.
+    pub step: Option<String>,
+    /// Where a retried attempt resumes, as the job kind recorded it.
+    pub checkpoint: Option<Value>,
+    /// What the job produced, one JSON object each.
+    pub artifacts: Vec<Value>,
+    /// The owner asked the job to stop; a running one stops at its next step.
+    pub cancel_requested: bool,
 }
 
-const COLUMNS: &str = "id, kind, payload, state, attempts, max_attempts, worker, lease_until, \
-                       run_after, error, created_at, updated_at";
+pub(crate) const COLUMNS: &str =
+    "id, kind, payload, state, attempts, max_attempts, worker, lease_until, run_after, error, \
+     created_at, updated_at, tenant, progress, step, checkpoint, artifacts, cancel_requested";
 
 impl JobRecord {
-    fn from_row(row: &AnyRow) -> Result<Self> {
+    pub(crate) fn from_row(row: &AnyRow) -> Result<Self> {
+        let tenant: Option<String> = row.try_get("tenant")?;
+        let checkpoint: Option<String> = row.try_get("checkpoint")?;
         Ok(Self {
             id: column(row, "id", str::parse)?,
             kind: row.try_get("kind")?,
@@ -97,6 +113,22 @@ impl JobRecord {
             error: row.try_get("error")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            tenant: tenant
+                .map(|raw| {
+                    TenantId::parse(&raw)
+                        .map_err(|err| Error::corrupt(format_args!("column tenant: {err}")))
+                })
+                .transpose()?,
+            progress: row.try_get("progress")?,
+            step: row.try_get("step")?,
+            checkpoint: checkpoint
+                .map(|raw| {
+                    serde_json::from_str(&raw)
+                        .map_err(|err| Error::corrupt(format_args!("column checkpoint: {err}")))
+                })
+                .transpose()?,
+            artifacts: column(row, "artifacts", |raw| serde_json::from_str(raw))?,
+            cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
         })
     }
 }
@@ -168,7 +200,8 @@ impl Store {
                WHERE candidate.kind IN ({kinds}) \
                AND ((candidate.state = $5 AND candidate.run_after <= $4) \
                  OR (candidate.state = $1 AND candidate.lease_until < $4 \
-                   AND candidate.attempts < candidate.max_attempts)) \
+                   AND candidate.attempts < candidate.max_attempts \
+                   AND candidate.cancel_requested = 0)) \
                AND NOT EXISTS (SELECT 1 FROM jobs AS busy \
                  WHERE busy.document_id = candidate.document_id AND busy.id <> candidate.id \
                    AND busy.state = $1 AND busy.lease_until >= $4) \
@@ -197,6 +230,16 @@ impl Store {
     /// claimed again: fail it, and its document, which would otherwise stay
     /// processing forever.
     async fn fail_exhausted_leases(&self, now: i64) -> Result<()> {
+        // A job asked to stop whose worker vanished is not run again.
+        sqlx::query(
+            "UPDATE jobs SET state = $1, lease_until = NULL, updated_at = $2 \
+             WHERE state = $3 AND lease_until < $2 AND cancel_requested <> 0",
+        )
+        .bind(JobState::Cancelled.as_str())
+        .bind(now)
+        .bind(JobState::Running.as_str())
+        .execute(&self.pool)
+        .await?;
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "UPDATE jobs SET state = $1, lease_until = NULL, error = $2, updated_at = $3 \
@@ -282,7 +325,8 @@ impl Store {
     #[tracing::instrument(name = "store.fail_job", skip_all, fields(job = %id, worker, retry))]
     pub async fn fail_job(&self, id: JobId, worker: &str, reason: &str, retry: bool) -> Result<()> {
         let row = sqlx::query(
-            "SELECT attempts, max_attempts FROM jobs WHERE id = $1 AND worker = $2 AND state = $3",
+            "SELECT attempts, max_attempts, cancel_requested FROM jobs \
+             WHERE id = $1 AND worker = $2 AND state = $3",
         )
         .bind(id.to_string())
         .bind(worker)
@@ -294,8 +338,11 @@ impl Store {
         };
         let attempts: i64 = row.try_get("attempts")?;
         let max_attempts: i64 = row.try_get("max_attempts")?;
+        let cancel_requested = row.try_get::<i64, _>("cancel_requested")? != 0;
         let now = now_ms();
-        let (state, run_after) = if retry && attempts < max_attempts {
+        let (state, run_after) = if cancel_requested {
+            (JobState::Cancelled, now)
+        } else if retry && attempts < max_attempts {
             (JobState::Queued, now.saturating_add(self.policy.backoff_ms(attempts)))
         } else {
             (JobState::Failed, now)
@@ -326,7 +373,7 @@ impl Store {
     }
 
     /// The error for a job update that matched no row.
-    async fn not_held(&self, id: JobId, worker: &str) -> Error {
+    pub(crate) async fn not_held(&self, id: JobId, worker: &str) -> Error {
         match self.get_job(id).await {
             Ok(job) => Error::Conflict(format!(
                 "job {id} is not held by worker {worker:?} (state {}, worker {:?})",

@@ -1,8 +1,9 @@
 //! All of ragd's persistent metadata and original bytes: the SQL schema and
 //! every query (collections, documents with their versions, upload batches,
-//! the durable job queue and its leases), for SQLite and PostgreSQL through
-//! one code path, plus the content-addressed blob store on the local
-//! filesystem.
+//! the durable job queue and its leases, and the progress, metrics, log
+//! lines, checkpoints and artifacts that API-submitted jobs report), for
+//! SQLite and PostgreSQL through one code path, plus the content-addressed
+//! blob store on the local filesystem.
 //!
 //! Invariant: no other crate writes SQL; this one knows nothing of HTTP,
 //! embedding, chunking or the vector index (it must never depend on axum,
@@ -13,6 +14,7 @@ mod blob;
 mod collections;
 mod documents;
 mod error;
+mod job_reports;
 mod jobs;
 mod store;
 
@@ -21,5 +23,6 @@ pub use blob::BlobStore;
 pub use collections::{CollectionRecord, CollectionUpdate, NewCollection};
 pub use documents::{AddOutcome, DocumentRecord, NewDocument, StatusCounts};
 pub use error::{Error, Result};
+pub use job_reports::{JobControl, JobLogLine, JobMetric};
 pub use jobs::{JobRecord, JobState, INGEST_JOB_KIND};
 pub use store::{Backend, QueuePolicy, Store, StoreConfig};

@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use ragd_core::{CollectionId, CollectionName, ContentHash, DocumentId, DocumentStatus, TenantId};
 use ragd_store::{
-    AddOutcome, Backend, BatchId, BlobStore, CollectionRecord, CollectionUpdate, DocumentRecord, Error, JobState,
-    NewBatch, NewCollection, NewDocument, QueuePolicy, Store, StoreConfig, INGEST_JOB_KIND,
+    AddOutcome, Backend, BatchId, BlobStore, CollectionRecord, CollectionUpdate, DocumentRecord, Error,
+    JobControl, JobState, NewBatch, NewCollection, NewDocument, QueuePolicy, Store, StoreConfig, INGEST_JOB_KIND,
 };
 use sqlx::{Connection, Executor};
 
@@ -119,6 +119,10 @@ on_both_engines!(
     new_version_waits_for_the_running_job_of_its_document,
     a_failed_group_adds_nothing,
     concurrent_uploads_of_the_same_content_create_one_document,
+    submitted_jobs_are_listed_per_tenant_in_pages,
+    running_job_reports_progress_metrics_logs_and_artifacts,
+    cancelling_a_queued_job_ends_it_and_a_running_one_stops_it,
+    cancelled_job_whose_worker_vanished_is_not_run_again,
 );
 
 fn tenant(name: &str) -> TenantId {
@@ -865,4 +869,144 @@ async fn concurrent_uploads_of_the_same_content_create_one_document(store: Store
     }
     assert_eq!(created_shared, 1);
     assert_eq!(store.list_documents(docs.id, None, 10).await.expect("list").len(), 5);
+}
+
+const TRAIN_KIND: &str = "finetune-embedder";
+
+async fn submitted_jobs_are_listed_per_tenant_in_pages(store: Store) {
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let job = store
+            .submit_job(&tenant("acme"), TRAIN_KIND, &serde_json::json!({"n": n}))
+            .await
+            .expect("submit");
+        assert_eq!(
+            (job.state, job.progress, job.tenant.clone()),
+            (JobState::Queued, 0.0, Some(tenant("acme")))
+        );
+        assert!(job.artifacts.is_empty() && job.checkpoint.is_none() && !job.cancel_requested);
+        ids.push(job.id);
+    }
+    store.submit_job(&tenant("other"), TRAIN_KIND, &serde_json::json!({})).await.expect("submit");
+    // Ingest jobs have no owner and are not listed.
+    let docs = collection(&store, "docs").await;
+    store.insert_document_with_job(&new_document(&docs, "doc")).await.expect("insert");
+
+    let first = store.list_jobs(&tenant("acme"), None, 3).await.expect("list");
+    let second = store.list_jobs(&tenant("acme"), first.last().map(|job| job.id), 3).await.expect("list");
+    let listed: Vec<_> = first.iter().chain(&second).map(|job| job.id).collect();
+    assert_eq!(listed, ids);
+    assert_eq!(first[1].payload, serde_json::json!({"n": 1}));
+
+    let foreign = store.get_tenant_job(&tenant("other"), ids[0]).await;
+    assert!(matches!(foreign, Err(Error::NotFound(_))), "{foreign:?}");
+    let foreign = store.request_job_cancel(&tenant("other"), ids[0]).await;
+    assert!(matches!(foreign, Err(Error::NotFound(_))), "{foreign:?}");
+}
+
+async fn running_job_reports_progress_metrics_logs_and_artifacts(store: Store) {
+    let job = store.submit_job(&tenant("acme"), TRAIN_KIND, &serde_json::json!({})).await.expect("submit");
+    let stolen = store.report_job_progress(job.id, "w", 0.5, "step 1", &[]).await;
+    assert!(matches!(stolen, Err(Error::Conflict(_))), "not claimed yet: {stolen:?}");
+    store.claim_job("w", &[TRAIN_KIND], LEASE).await.expect("claim").expect("job");
+
+    for step in 1..=3 {
+        let control = store
+            .report_job_progress(
+                job.id,
+                "w",
+                step as f64 / 4.0,
+                &format!("step {step}"),
+                &[("loss", step, 1.0 / step as f64)],
+            )
+            .await
+            .expect("report");
+        assert_eq!(control, JobControl::Continue);
+    }
+    // A retried step overwrites its value.
+    store
+        .report_job_progress(job.id, "w", 0.75, "step 3", &[("loss", 3, 0.25), ("val_mrr", 0, 0.5)])
+        .await
+        .expect("report");
+    let stolen = store.report_job_progress(job.id, "other", 0.9, "step 4", &[]).await;
+    assert!(matches!(stolen, Err(Error::Conflict(_))), "{stolen:?}");
+
+    for n in 0..4 {
+        store.append_job_log(job.id, &format!("line {n}")).await.expect("log");
+    }
+    store.record_job_checkpoint(job.id, "w", &serde_json::json!({"epoch": 1})).await.expect("checkpoint");
+    store.add_job_artifact(job.id, "w", serde_json::json!({"name": "a"})).await.expect("artifact");
+    store.add_job_artifact(job.id, "w", serde_json::json!({"name": "b"})).await.expect("artifact");
+    let stolen = store.add_job_artifact(job.id, "other", serde_json::json!({})).await;
+    assert!(matches!(stolen, Err(Error::Conflict(_))), "{stolen:?}");
+
+    let record = store.get_tenant_job(&tenant("acme"), job.id).await.expect("job");
+    assert_eq!((record.progress, record.step.as_deref()), (0.75, Some("step 3")));
+    assert_eq!(record.checkpoint, Some(serde_json::json!({"epoch": 1})));
+    assert_eq!(record.artifacts, [serde_json::json!({"name": "a"}), serde_json::json!({"name": "b"})]);
+    let metrics: Vec<_> = store
+        .job_metrics(job.id)
+        .await
+        .expect("metrics")
+        .into_iter()
+        .map(|m| (m.name, m.step, m.value))
+        .collect();
+    assert_eq!(
+        metrics,
+        [
+            ("loss".to_owned(), 1, 1.0),
+            ("loss".to_owned(), 2, 0.5),
+            ("loss".to_owned(), 3, 0.25),
+            ("val_mrr".to_owned(), 0, 0.5)
+        ]
+    );
+    let logs: Vec<_> =
+        store.job_logs(job.id, 2).await.expect("logs").into_iter().map(|l| l.message).collect();
+    assert_eq!(logs, ["line 2", "line 3"]);
+    store.complete_job(job.id, "w").await.expect("complete");
+}
+
+async fn cancelling_a_queued_job_ends_it_and_a_running_one_stops_it(store: Store) {
+    let acme = tenant("acme");
+    let queued = store.submit_job(&acme, TRAIN_KIND, &serde_json::json!({})).await.expect("submit");
+    let cancelled = store.request_job_cancel(&acme, queued.id).await.expect("cancel");
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert!(
+        store.claim_job("w", &[TRAIN_KIND], LEASE).await.expect("claim").is_none(),
+        "cancelled job claimed"
+    );
+    assert_eq!(store.request_job_cancel(&acme, queued.id).await.expect("again").state, JobState::Cancelled);
+
+    let running = store.submit_job(&acme, TRAIN_KIND, &serde_json::json!({})).await.expect("submit");
+    store.claim_job("w", &[TRAIN_KIND], LEASE).await.expect("claim").expect("job");
+    let flagged = store.request_job_cancel(&acme, running.id).await.expect("cancel");
+    assert_eq!((flagged.state, flagged.cancel_requested), (JobState::Running, true));
+    let control = store.report_job_progress(running.id, "w", 0.1, "step 1", &[]).await.expect("report");
+    assert_eq!(control, JobControl::Stop);
+    store.finish_cancelled_job(running.id, "w").await.expect("finish");
+    let job = store.get_job(running.id).await.expect("job");
+    assert_eq!((job.state, job.lease_until), (JobState::Cancelled, None));
+
+    // A failure after the request cancels instead of retrying.
+    let failing = store.submit_job(&acme, TRAIN_KIND, &serde_json::json!({})).await.expect("submit");
+    store.claim_job("w", &[TRAIN_KIND], LEASE).await.expect("claim").expect("job");
+    store.request_job_cancel(&acme, failing.id).await.expect("cancel");
+    store.fail_job(failing.id, "w", "interrupted", true).await.expect("fail");
+    assert_eq!(store.get_job(failing.id).await.expect("job").state, JobState::Cancelled);
+
+    let done = store.submit_job(&acme, TRAIN_KIND, &serde_json::json!({})).await.expect("submit");
+    store.claim_job("w", &[TRAIN_KIND], LEASE).await.expect("claim").expect("job");
+    store.complete_job(done.id, "w").await.expect("complete");
+    let late = store.request_job_cancel(&acme, done.id).await;
+    assert!(matches!(late, Err(Error::Conflict(_))), "{late:?}");
+}
+
+async fn cancelled_job_whose_worker_vanished_is_not_run_again(store: Store) {
+    let acme = tenant("acme");
+    let job = store.submit_job(&acme, TRAIN_KIND, &serde_json::json!({})).await.expect("submit");
+    store.claim_job("a", &[TRAIN_KIND], Duration::ZERO).await.expect("claim").expect("job");
+    store.request_job_cancel(&acme, job.id).await.expect("cancel");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store.claim_job("b", &[TRAIN_KIND], LEASE).await.expect("claim").is_none());
+    assert_eq!(store.get_job(job.id).await.expect("job").state, JobState::Cancelled);
 }

@@ -1,5 +1,52 @@
-//! Fine-tuning and quantization of ragd's models with candle: pure
-//! functions over model files, run by the job workers. Empty until the
-//! training jobs are built (issues 8 and 9).
+//! Training of ragd's models with candle on the CPU: pure functions over
+//! model files and training pairs, run by the job workers. Today that is
+//! fine-tuning a BERT sentence embedder (MiniLM) with in-batch negatives.
 //!
-//! Invariant: no HTTP, no database; it depends only on `ragd-core` and candle.
+//! Invariant: no HTTP, no database, no job queue; it depends only on
+//! `ragd-core`, candle and the tokenizer. Progress leaves through a callback,
+//! which is also how a caller stops a run.
+
+mod bert;
+mod embedder;
+
+use ragd_core::ErrorKind;
+
+pub use embedder::{
+    finetune, Checkpoint, Encoder, Event, FinetuneConfig, FinetuneOutcome, TrainingPair, Validation,
+    CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("model file {0} is missing")]
+    MissingFile(String),
+    #[error("model config.json is not a BERT config: {0}")]
+    Config(String),
+    #[error("tokenizer failed: {0}")]
+    Tokenizer(String),
+    #[error("training needs at least 2 pairs, got {0}")]
+    TooFewPairs(usize),
+    #[error("training was stopped")]
+    Stopped,
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("model file i/o failed")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for ragd_core::Error {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::MissingFile(_) | Error::Config(_) | Error::Tokenizer(_) | Error::TooFewPairs(_) => {
+                ragd_core::Error::new(ErrorKind::Unprocessable, err.to_string())
+            }
+            Error::Stopped => ragd_core::Error::new(ErrorKind::Conflict, err.to_string()),
+            Error::Candle(_) => ragd_core::Error::with_source(ErrorKind::Internal, "training failed", err),
+            Error::Io(source) => {
+                ragd_core::Error::with_source(ErrorKind::Internal, "writing model files failed", source)
+            }
+        }
+    }
+}

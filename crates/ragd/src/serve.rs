@@ -10,7 +10,7 @@ use ragd_embed::{Bm25Encoder, ModelManifest, ModelRegistry, OnnxEmbedder};
 use ragd_generate::{LocalGguf, LocalGgufConfig, OpenAiCompatible};
 use ragd_index::{EdgeIndex, QdrantServerIndex};
 use ragd_ingest::Chunker;
-use ragd_jobs::{IngestPipeline, Worker, WorkerHandle};
+use ragd_jobs::{IngestPipeline, TrainingJobs, Worker, WorkerHandle};
 use ragd_retrieve::Retriever;
 use ragd_server::{AppParts, AppState};
 use ragd_store::{BlobStore, Store, StoreConfig};
@@ -108,6 +108,12 @@ impl Engines {
             self.index.clone(),
             config.jobs.embed_batch_size,
         ));
+        let training = Arc::new(TrainingJobs::new(
+            self.store.clone(),
+            config.models.dir.clone(),
+            config.data_dir.clone(),
+            config.jobs.datasets_dir.clone(),
+        ));
         let host = hostname();
         (0..count)
             .map(|n| {
@@ -115,6 +121,7 @@ impl Engines {
                     format!("{host}/{}/{n}", std::process::id()),
                     self.store.clone(),
                     pipeline.clone(),
+                    training.clone(),
                     config.jobs.clone(),
                     handle.clone(),
                 )

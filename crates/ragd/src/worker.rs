@@ -23,7 +23,7 @@ pub struct WorkerArgs {
     /// store.url is empty, the Qdrant Edge index).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Job kinds to claim, comma-separated (default: every kind; known: ingest).
+    /// Job kinds to claim, comma-separated (default: every kind; known: ingest, finetune-embedder).
     #[arg(long, value_delimiter = ',')]
     pub kinds: Vec<String>,
     /// Serve GET /healthz and /readyz on this address (port 0 picks one).

@@ -4,6 +4,7 @@ pub(crate) mod batches;
 pub(crate) mod collections;
 pub(crate) mod documents;
 pub(crate) mod health;
+pub(crate) mod jobs;
 pub(crate) mod openai;
 pub(crate) mod query;
 pub(crate) mod search;
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .merge(batches::router())
         .merge(collections::router())
         .merge(documents::router())
+        .merge(jobs::router())
         .merge(search::router())
         .merge(query::router())
         .merge(openai::router());

@@ -1,0 +1,162 @@
+//! A BERT encoder (MiniLM is one) whose every operation has a backward
+//! pass. candle-transformers' `BertModel` is built for inference: its layer
+//! norms use a fused kernel without gradients, which would stop training at
+//! the last layer. Tensor names follow the Hugging Face checkpoints, so the
+//! same files load here, in candle-transformers and in sentence-transformers.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{embedding, linear, Embedding, Init, Linear, VarBuilder};
+use serde::Deserialize;
+
+/// The fields of a Hugging Face `config.json` this encoder uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub hidden_act: String,
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let centred = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1)?)?;
+        let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    heads: usize,
+    head_size: usize,
+}
+
+impl Layer {
+    fn load(config: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let hidden = config.hidden_size;
+        let attention = vb.pp("attention");
+        Ok(Self {
+            query: linear(hidden, hidden, attention.pp("self").pp("query"))?,
+            key: linear(hidden, hidden, attention.pp("self").pp("key"))?,
+            value: linear(hidden, hidden, attention.pp("self").pp("value"))?,
+            attention_out: linear(hidden, hidden, attention.pp("output").pp("dense"))?,
+            attention_norm: LayerNorm::load(
+                hidden,
+                config.layer_norm_eps,
+                attention.pp("output").pp("LayerNorm"),
+            )?,
+            intermediate: linear(hidden, config.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            output: linear(config.intermediate_size, hidden, vb.pp("output").pp("dense"))?,
+            output_norm: LayerNorm::load(hidden, config.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            heads: config.num_attention_heads,
+            head_size: hidden / config.num_attention_heads,
+        })
+    }
+
+    /// `mask` is additive, shaped (batch, 1, 1, tokens).
+    fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (batch, tokens, hidden) = xs.dims3()?;
+        let heads = |layer: &Linear| -> Result<Tensor> {
+            layer
+                .forward(xs)?
+                .reshape((batch, tokens, self.heads, self.head_size))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (query, key, value) = (heads(&self.query)?, heads(&self.key)?, heads(&self.value)?);
+        let scores = (query.matmul(&key.t()?)? / (self.head_size as f64).sqrt())?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let context = probs.matmul(&value)?.transpose(1, 2)?.reshape((batch, tokens, hidden))?;
+        let attended = self.attention_norm.forward(&(self.attention_out.forward(&context)? + xs)?)?;
+        let inner = self.intermediate.forward(&attended)?.gelu_erf()?;
+        self.output_norm.forward(&(self.output.forward(&inner)? + attended)?)
+    }
+}
+
+pub struct Bert {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    embeddings_norm: LayerNorm,
+    layers: Vec<Layer>,
+}
+
+impl Bert {
+    pub fn load(config: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        if config.hidden_act != "gelu" {
+            candle_core::bail!(
+                "unsupported hidden_act {:?}: only \"gelu\" is implemented",
+                config.hidden_act
+            );
+        }
+        if config.hidden_size.checked_rem(config.num_attention_heads) != Some(0) {
+            candle_core::bail!("hidden_size is not a multiple of num_attention_heads");
+        }
+        let emb = vb.pp("embeddings");
+        Ok(Self {
+            word_embeddings: embedding(config.vocab_size, config.hidden_size, emb.pp("word_embeddings"))?,
+            position_embeddings: embedding(
+                config.max_position_embeddings,
+                config.hidden_size,
+                emb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings: embedding(
+                config.type_vocab_size,
+                config.hidden_size,
+                emb.pp("token_type_embeddings"),
+            )?,
+            embeddings_norm: LayerNorm::load(config.hidden_size, config.layer_norm_eps, emb.pp("LayerNorm"))?,
+            layers: (0..config.num_hidden_layers)
+                .map(|n| Layer::load(config, vb.pp("encoder").pp("layer").pp(n)))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Token states (batch, tokens, hidden) of `ids` (batch, tokens, u32);
+    /// `mask` (batch, tokens, u32) is 1 on real tokens and 0 on padding.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (batch, tokens) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, tokens as u32, ids.device())?;
+        let token_types = ids.zeros_like()?;
+        let mut xs = self
+            .word_embeddings
+            .forward(ids)?
+            .add(&self.token_type_embeddings.forward(&token_types)?)?
+            .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
+        xs = self.embeddings_norm.forward(&xs)?;
+        // Padding gets a large negative score before the softmax; finite, so
+        // that no row is all -inf.
+        let additive = ((mask.to_dtype(DType::F32)? - 1.0)? * 10_000.0)?.reshape((batch, 1, 1, tokens))?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &additive)?;
+        }
+        Ok(xs)
+    }
+}
