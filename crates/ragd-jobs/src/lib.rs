@@ -12,7 +12,7 @@ mod worker;
 
 use serde::Deserialize;
 
-pub use ingest::{IngestCounters, IngestPipeline};
+pub use ingest::{IngestCounters, IngestPipeline, JobOutcome};
 pub use worker::{Worker, WorkerHandle};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,18 @@ impl From<Error> for ragd_core::Error {
 }
 
 impl Error {
+    /// The same failure for another job of a group that failed together:
+    /// same variant, kind and message, so the same retry decision.
+    fn copy(&self) -> Self {
+        match self {
+            Self::Payload { job, reason } => Self::Payload { job: *job, reason: reason.clone() },
+            Self::LeaseLost => Self::LeaseLost,
+            Self::UnknownKind(kind) => Self::UnknownKind(kind.clone()),
+            Self::Join(_) => Self::Core(ragd_core::Error::internal("background task failed")),
+            Self::Core(inner) => Self::Core(ragd_core::Error::new(inner.kind(), inner.message())),
+        }
+    }
+
     /// Whether running the job again could succeed: a document that cannot
     /// be parsed fails the same way every time, a database hiccup does not.
     pub fn is_retryable(&self) -> bool {
@@ -76,10 +88,13 @@ pub struct JobsConfig {
     pub poll_interval_ms: u64,
     /// Chunks embedded and written to the index at a time.
     pub embed_batch_size: usize,
+    /// Jobs a worker claims and runs together; their documents' chunks share
+    /// embedding batches and index writes.
+    pub claim_batch: usize,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
-        Self { workers: 1, lease_secs: 60, poll_interval_ms: 500, embed_batch_size: 32 }
+        Self { workers: 1, lease_secs: 60, poll_interval_ms: 500, embed_batch_size: 32, claim_batch: 32 }
     }
 }
