@@ -84,16 +84,8 @@ impl Engines {
         })
     }
 
-    /// Starts `count` ingestion workers on this runtime; they stop when
-    /// `shutdown` is cancelled.
-    pub fn spawn_workers(
-        &self,
-        config: &Config,
-        count: usize,
-        handle: &WorkerHandle,
-        shutdown: &CancellationToken,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        let pipeline = Arc::new(IngestPipeline::new(
+    pub fn pipeline(&self, config: &Config) -> Arc<IngestPipeline> {
+        Arc::new(IngestPipeline::new(
             self.store.clone(),
             self.blobs.clone(),
             self.chunker.clone(),
@@ -101,7 +93,19 @@ impl Engines {
             self.sparse.clone(),
             self.index.clone(),
             config.jobs.embed_batch_size,
-        ));
+        ))
+    }
+
+    /// Starts `count` ingestion workers on this runtime; they stop when
+    /// `shutdown` is cancelled.
+    pub fn spawn_workers(
+        &self,
+        config: &Config,
+        pipeline: &Arc<IngestPipeline>,
+        count: usize,
+        handle: &WorkerHandle,
+        shutdown: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let host = hostname();
         (0..count)
             .map(|n| {
@@ -149,7 +153,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let workers = WorkerHandle::default();
-    let tasks = engines.spawn_workers(&config, config.jobs.workers, &workers, &shutdown);
+    let tasks =
+        engines.spawn_workers(&config, &engines.pipeline(&config), config.jobs.workers, &workers, &shutdown);
 
     let state = AppState::new(AppParts {
         store: engines.store.clone(),
