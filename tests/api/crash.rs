@@ -5,13 +5,11 @@
 //! exactly the chunks of the ready documents.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 
 use crate::helpers::{repo_root, spawn_app_with, TestApp};
 
@@ -129,36 +127,26 @@ async fn upload(app: &TestApp, collection: &str, lines: &[Line]) -> Value {
     body
 }
 
-/// Starts an upload whose body trickles in, and returns once half of it
-/// has been sent; the task yields the upload's outcome.
-async fn start_slow_upload(
+/// Starts an upload whose body trickles in over about ten seconds; the
+/// task yields the upload's outcome.
+fn start_slow_upload(
     app: &TestApp,
     collection: &str,
     lines: &[Line],
 ) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
     let body = ndjson(lines);
     let pieces: Vec<Vec<u8>> = body.chunks(16 * 1024).map(<[u8]>::to_vec).collect();
-    let half = pieces.len() / 2;
-    let halfway = Arc::new(Notify::new());
-    let signal = halfway.clone();
-    let stream = futures::stream::iter(pieces.into_iter().enumerate()).then(move |(n, piece)| {
-        let signal = signal.clone();
-        async move {
-            if n == half {
-                signal.notify_one();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            Ok::<_, std::io::Error>(piece)
-        }
+    let pause = Duration::from_millis(10_000 / pieces.len().max(1) as u64);
+    let stream = futures::stream::iter(pieces).then(move |piece| async move {
+        tokio::time::sleep(pause).await;
+        Ok::<_, std::io::Error>(piece)
     });
     let request = app
         .client
         .post(app.url(&documents_path(collection)))
         .header("content-type", "application/x-ndjson")
         .body(reqwest::Body::wrap_stream(stream));
-    let task = tokio::spawn(request.send());
-    halfway.notified().await;
-    task
+    tokio::spawn(request.send())
 }
 
 async fn stats(app: &TestApp, collection: &str) -> Value {
@@ -227,8 +215,10 @@ async fn acknowledged_documents_survive_kill_9() {
     }
     wait_until(&app, &c, "ingesting", Duration::from_secs(300), |s| count(s, "ready") > 0).await;
     let interrupted = batches[BATCHES_BEFORE_KILL];
-    let upload_in_flight = start_slow_upload(&app, &c, interrupted).await;
-    let before = stats(&app, &c).await;
+    let upload_in_flight = start_slow_upload(&app, &c, interrupted);
+    // Part of the interrupted upload is stored, none of it acknowledged.
+    let stored = (BATCHES_BEFORE_KILL * BATCH_DOCUMENTS) as i64;
+    let before = wait_until(&app, &c, "partly stored", Duration::from_secs(60), |s| count(s, "total") > stored).await;
     assert!(count(&before, "queued") > 0, "ingestion is in flight at the kill: {before}");
     app.kill_and_restart().await;
     let outcome = upload_in_flight.await.unwrap();
@@ -315,6 +305,7 @@ async fn acknowledged_documents_survive_kill_9() {
     // and ingested; sent again, they are duplicates.
     let orphans =
         documents.iter().filter(|d| !batch_ids.contains(d["batch_id"].as_str().unwrap_or(""))).count() as i64;
+    assert!(orphans > 0, "the interrupted upload stored documents before the kill");
     assert_eq!(orphans, duplicates, "duplicates are exactly the documents stored by the interrupted upload");
 
     let first = &corpus[0];
