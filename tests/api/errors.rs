@@ -1,8 +1,8 @@
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, spawn_app};
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn bad_requests_get_problem_details_never_a_500() {
@@ -56,4 +56,100 @@ async fn health_and_readiness_answer() {
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), StatusCode::OK);
+}
+
+fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in files {
+        writer.start_file(*name, options).unwrap();
+        writer.write_all(bytes).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+/// Every kind of bad file in one upload: each is refused with its reason
+/// (or, when only parsing can tell, its document fails with one), and the
+/// good files of the same batch are ingested.
+#[tokio::test]
+async fn bad_files_fail_alone_and_the_rest_of_the_batch_is_ingested() {
+    let app = spawn_app_with(&[("RAGD_SERVER__MAX_DOCUMENT_BYTES", "100000")]).await;
+    let c = app.create_collection("mixed").await;
+    let part = |name: &str, bytes: Vec<u8>| Part::bytes(bytes).file_name(name.to_owned());
+    let bomb = vec![b'z'; 5_000_000];
+    let archive = zip_of(&[
+        ("inside/anchors.txt", b"Anchors hold a ship in place by digging into the sea floor."),
+        ("../../escape.txt", b"names that leave the archive are refused"),
+        ("bomb.txt", &bomb),
+    ]);
+    let mut corrupt_pdf = b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 2 0 R".to_vec();
+    corrupt_pdf.extend((0..4000u32).map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8));
+    let form = Form::new()
+        .part("file", part("compass.txt", b"A compass needle points to magnetic north.".to_vec()))
+        .part("file", part("broken.pdf", corrupt_pdf))
+        .part("file", part("huge.txt", "sextant ".repeat(20_000).into_bytes()))
+        .part("file", part("latin1.txt", b"Le caf\xe9 est tr\xe8s bon.".to_vec()))
+        .part("file", part("empty.txt", Vec::new()))
+        .part("file", part("harbour.zip", archive))
+        .part("file", part("tides.md", b"# Tides\n\nSpring tides follow the full and new moon.".to_vec()));
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/collections/{c}/documents")))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.unwrap();
+
+    let rejected: Vec<(&str, &str)> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["file"].as_str().unwrap(), r["reason"].as_str().unwrap()))
+        .collect();
+    let reason =
+        |file: &str| rejected.iter().find(|(name, _)| *name == file).map(|(_, reason)| *reason).unwrap_or("");
+    assert_eq!(rejected.len(), 5, "{body}");
+    assert!(reason("huge.txt").contains("100000 byte limit"), "{body}");
+    assert!(reason("latin1.txt").contains("UTF-8"), "{body}");
+    assert!(reason("empty.txt").contains("empty"), "{body}");
+    assert!(!reason("harbour.zip/../../escape.txt").is_empty(), "{body}");
+    assert!(!reason("harbour.zip/bomb.txt").is_empty(), "{body}");
+
+    let mut outcome = std::collections::BTreeMap::new();
+    for document in body["documents"].as_array().unwrap() {
+        let done = app.wait_for_document(&c, document["id"].as_str().unwrap()).await;
+        outcome.insert(
+            done["source_name"].as_str().unwrap().to_owned(),
+            (done["status"].clone(), done["failure"].clone()),
+        );
+    }
+    let names: Vec<&str> = outcome.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["broken.pdf", "compass.txt", "harbour.zip/inside/anchors.txt", "tides.md"],
+        "{outcome:?}"
+    );
+    let (status, failure) = &outcome["broken.pdf"];
+    assert_eq!(status, "failed");
+    assert!(failure.as_str().unwrap().contains("PDF"), "{failure}");
+    for name in ["compass.txt", "harbour.zip/inside/anchors.txt", "tides.md"] {
+        assert_eq!(outcome[name].0, "ready", "{name}: {outcome:?}");
+    }
+
+    let batch: Value =
+        app.get(&format!("/v1/batches/{}", body["batch_id"].as_str().unwrap())).await.json().await.unwrap();
+    assert_eq!((batch["accepted"].as_i64(), batch["rejected"].as_i64()), (Some(4), Some(5)), "{batch}");
+    assert_eq!(
+        (batch["documents"]["ready"].as_i64(), batch["documents"]["failed"].as_i64()),
+        (Some(3), Some(1)),
+        "{batch}"
+    );
+    let hits = app.search(&c, json!({"query": "what holds a ship in place", "top_k": 1})).await;
+    assert_eq!(hits["hits"][0]["title"], "anchors", "{hits}");
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    assert!(!app.log().contains("panicked"), "the server panicked:\n{}", app.log());
 }

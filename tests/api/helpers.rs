@@ -52,6 +52,7 @@ pub struct TestApp {
     pub client: Client,
     pub data_dir: TempDir,
     child: Child,
+    env: Vec<(String, String)>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -60,19 +61,27 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the server with extra `RAGD_*` environment settings.
 pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
-    let root = repo_root();
-    let models = root.join("models");
+    let models = repo_root().join("models");
     assert!(
         models.join("minilm-l6-onnx/model.onnx").exists(),
         "model files are missing: run scripts/fetch-models first"
     );
     let data_dir = tempfile::Builder::new().prefix("ragd-test-").tempdir().expect("temp dir");
-    let log = std::fs::File::create(data_dir.path().join("server.log")).expect("log file");
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let (child, address) = start(data_dir.path(), &env).await;
+    TestApp { address, client: Client::new(), data_dir, child, env }
+}
+
+/// Runs `ragd serve` on `data_dir` until it prints its address. The log is
+/// appended to, so a restarted server's log follows the previous one's.
+async fn start(data_dir: &Path, env: &[(String, String)]) -> (Child, String) {
+    let log_path = data_dir.join("server.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_ragd"));
     command
-        .current_dir(&root)
+        .current_dir(repo_root())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir.path())
+        .arg(data_dir)
         .env("RUST_LOG", "info")
         // Checksums are verified by the setup script; skipping them here
         // keeps server start fast.
@@ -93,13 +102,13 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
                 return address.to_owned();
             }
         }
-        let log = std::fs::read_to_string(data_dir.path().join("server.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         panic!("ragd exited before listening; its log:\n{log}");
     })
     .await
     .expect("ragd did not start within 120 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    TestApp { address, client: Client::new(), data_dir, child }
+    (child, address)
 }
 
 impl TestApp {
@@ -160,6 +169,15 @@ impl TestApp {
         let response = self.post_json(&format!("/v1/collections/{collection}/search"), &body).await;
         assert_eq!(response.status(), StatusCode::OK, "{}", response.text().await.unwrap());
         response.json().await.unwrap()
+    }
+
+    /// Kills the server with SIGKILL, so no shutdown code runs, and starts
+    /// it again on the same data directory (at a new address).
+    pub async fn kill_and_restart(&mut self) {
+        self.child.kill().await.expect("kill ragd");
+        let (child, address) = start(self.data_dir.path(), &self.env).await;
+        self.child = child;
+        self.address = address;
     }
 
     pub fn log(&self) -> String {

@@ -6,6 +6,7 @@ mod helpers;
 
 mod bulk;
 mod collections;
+mod crash;
 mod documents;
 mod errors;
 mod eval;

@@ -104,7 +104,7 @@ impl WorkerProcess {
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .filter(|event| event["fields"]["message"] == "job succeeded")
-            .map(|event| event["span"]["id"].as_str().expect("job span has an id").to_owned())
+            .map(|event| event["fields"]["job"].as_str().expect("the event names its job").to_owned())
             .collect()
     }
 }
@@ -215,6 +215,9 @@ async fn a_killed_workers_job_is_taken_over_and_every_job_runs_once() {
         // One chunk per embed-and-index step (each index write is flushed)
         // makes the long job last seconds: about 25 chunks.
         ("RAGD_JOBS__EMBED_BATCH_SIZE", "1"),
+        // One job per claim, so the killed worker held exactly the long job
+        // and only that one must run twice.
+        ("RAGD_JOBS__CLAIM_BATCH", "1"),
         ("RAGD_LOG__FORMAT", "json"),
     ];
     let (first, second) = tokio::join!(

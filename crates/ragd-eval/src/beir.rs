@@ -90,24 +90,25 @@ pub fn load(dir: &Path, split: &str) -> Result<BeirDataset> {
         ));
     }
 
-    let corpus_path = dir.join("corpus.jsonl");
+    let corpus = load_corpus(&dir.join("corpus.jsonl"))?;
+    Ok(BeirDataset { corpus, queries, qrels })
+}
+
+/// Loads a BEIR `corpus.jsonl` alone, in file order; repeated ids are
+/// errors.
+pub fn load_corpus(path: &Path) -> Result<Vec<CorpusDoc>> {
     let mut doc_ids = HashSet::new();
     let mut corpus = Vec::new();
-    read_lines(&corpus_path, |line_no, line| {
-        let raw: RawDoc = parse_json(&corpus_path, line_no, line)?;
-        check_id(&corpus_path, line_no, &raw.id)?;
+    read_lines(path, |line_no, line| {
+        let raw: RawDoc = parse_json(path, line_no, line)?;
+        check_id(path, line_no, &raw.id)?;
         if !doc_ids.insert(raw.id.clone()) {
-            return Err(Error::malformed(
-                &corpus_path,
-                line_no,
-                format!("duplicate document id {:?}", raw.id),
-            ));
+            return Err(Error::malformed(path, line_no, format!("duplicate document id {:?}", raw.id)));
         }
         corpus.push(CorpusDoc { id: raw.id, title: raw.title.unwrap_or_default(), text: raw.text });
         Ok(())
     })?;
-
-    Ok(BeirDataset { corpus, queries, qrels })
+    Ok(corpus)
 }
 
 /// Returns the judgements and, per query, the line of its first judgement

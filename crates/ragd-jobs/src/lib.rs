@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use finetune::{validate_submission, TrainingJobs, FINETUNE_EMBEDDER_KIND};
-pub use ingest::{IngestCounters, IngestPipeline};
+pub use ingest::{IngestCounters, IngestPipeline, JobOutcome};
 pub use worker::{Worker, WorkerHandle};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,19 @@ impl From<Error> for ragd_core::Error {
 }
 
 impl Error {
+    /// The same failure for another job of a group that failed together:
+    /// same variant, kind and message, so the same retry decision.
+    fn copy(&self) -> Self {
+        match self {
+            Self::Payload { job, reason } => Self::Payload { job: *job, reason: reason.clone() },
+            Self::LeaseLost => Self::LeaseLost,
+            Self::Cancelled => Self::Cancelled,
+            Self::UnknownKind(kind) => Self::UnknownKind(kind.clone()),
+            Self::Join(_) => Self::Core(ragd_core::Error::internal("background task failed")),
+            Self::Core(inner) => Self::Core(ragd_core::Error::new(inner.kind(), inner.message())),
+        }
+    }
+
     /// Whether running the job again could succeed: a document that cannot
     /// be parsed fails the same way every time, a database hiccup does not.
     pub fn is_retryable(&self) -> bool {
@@ -97,6 +110,9 @@ pub struct JobsConfig {
     /// The only place training jobs read datasets from: a job's
     /// `dataset.beir_dir` is a relative path under it.
     pub datasets_dir: PathBuf,
+    /// Jobs a worker claims and runs together; their documents' chunks share
+    /// embedding batches and index writes.
+    pub claim_batch: usize,
 }
 
 impl Default for JobsConfig {
@@ -107,6 +123,7 @@ impl Default for JobsConfig {
             poll_interval_ms: 500,
             embed_batch_size: 32,
             datasets_dir: PathBuf::from("datasets"),
+            claim_batch: 32,
         }
     }
 }

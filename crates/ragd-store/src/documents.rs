@@ -6,7 +6,7 @@ use sqlx::{AnyConnection, Row};
 use crate::batches::BatchId;
 use crate::error::{Error, Result};
 use crate::jobs::{JobState, INGEST_JOB_KIND};
-use crate::store::{column, now_ms, Backend, Store};
+use crate::store::{column, now_ms, placeholders, Backend, Store};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDocument {
@@ -59,6 +59,25 @@ pub enum AddOutcome {
     NewVersion { record: DocumentRecord, job: JobId },
     /// The content is already in the collection: nothing was stored.
     Duplicate(DocumentRecord),
+}
+
+/// A version of a document whose chunks are all in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexedVersion {
+    pub document: DocumentId,
+    pub version: i64,
+    pub chunk_count: i64,
+}
+
+/// What recording an [`IndexedVersion`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyOutcome {
+    /// The document is ready with this version.
+    Ready,
+    /// A newer version was queued meanwhile; its job publishes it.
+    Superseded,
+    /// The document was deleted meanwhile.
+    Missing,
 }
 
 /// How many documents of a collection are in each status, and how many
@@ -449,67 +468,80 @@ impl Store {
         Ok(record)
     }
 
-    #[tracing::instrument(
-        name = "store.mark_document_processing",
-        skip_all,
-        fields(document = %id)
-    )]
     pub async fn mark_document_processing(&self, id: DocumentId) -> Result<()> {
-        let updated = sqlx::query(
-            "UPDATE documents SET status = $1, failure = NULL, updated_at = $2 WHERE id = $3",
-        )
-        .bind(DocumentStatus::Processing.as_str())
-        .bind(now_ms())
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        found(updated, id)
+        found(self.mark_documents_processing(&[id]).await?, id)
+    }
+
+    /// Marks `ids` processing in one statement; returns how many exist.
+    #[tracing::instrument(name = "store.mark_documents_processing", skip_all, fields(documents = ids.len()))]
+    pub async fn mark_documents_processing(&self, ids: &[DocumentId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "UPDATE documents SET status = $1, failure = NULL, updated_at = $2 WHERE id IN ({ids})",
+            ids = placeholders(3, ids.len()),
+        );
+        let mut query = sqlx::query(&sql).bind(DocumentStatus::Processing.as_str()).bind(now_ms());
+        for id in ids {
+            query = query.bind(id.to_string());
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
     /// Records that `version` of the document is in the index with
     /// `chunk_count` chunks; does nothing when a newer version has been
     /// queued since. Fails with NotFound when the document is gone.
-    #[tracing::instrument(
-        name = "store.mark_document_ready",
-        skip_all,
-        fields(document = %id, version, chunk_count)
-    )]
-    pub async fn mark_document_ready(
-        &self,
-        id: DocumentId,
-        version: i64,
-        chunk_count: i64,
-    ) -> Result<()> {
-        // A job of an older version that finishes after a newer version was
-        // queued must not publish over it: the newer version's job follows.
-        let updated = sqlx::query(
-            "UPDATE documents SET status = $1, failure = NULL, version = $2, chunk_count = $3, \
-             updated_at = $4 WHERE id = $5 AND version <= $2",
-        )
-        .bind(DocumentStatus::Ready.as_str())
-        .bind(version)
-        .bind(chunk_count)
-        .bind(now_ms())
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if updated > 0 {
-            return Ok(());
+    pub async fn mark_document_ready(&self, id: DocumentId, version: i64, chunk_count: i64) -> Result<()> {
+        let indexed = IndexedVersion { document: id, version, chunk_count };
+        match self.mark_documents_ready(&[indexed]).await?.pop() {
+            Some(ReadyOutcome::Missing) | None => Err(Error::NotFound(format!("document {id}"))),
+            Some(_) => Ok(()),
         }
-        let current = sqlx::query("SELECT version FROM documents WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        match current {
-            Some(row) => {
-                let current: i64 = row.try_get("version")?;
-                tracing::info!(current, "a newer version is queued; this one is not published");
-                Ok(())
+    }
+
+    /// Records each indexed version, as [`Store::mark_document_ready`]
+    /// does, in one transaction; the outcomes come in the same order.
+    #[tracing::instrument(name = "store.mark_documents_ready", skip_all, fields(documents = indexed.len()))]
+    pub async fn mark_documents_ready(&self, indexed: &[IndexedVersion]) -> Result<Vec<ReadyOutcome>> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(indexed.len());
+        for item in indexed {
+            // A job of an older version that finishes after a newer version
+            // was queued must not publish over it: the newer version's job
+            // follows.
+            let updated = sqlx::query(
+                "UPDATE documents SET status = $1, failure = NULL, version = $2, chunk_count = $3, \
+                 updated_at = $4 WHERE id = $5 AND version <= $2",
+            )
+            .bind(DocumentStatus::Ready.as_str())
+            .bind(item.version)
+            .bind(item.chunk_count)
+            .bind(now)
+            .bind(item.document.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated > 0 {
+                outcomes.push(ReadyOutcome::Ready);
+                continue;
             }
-            None => Err(Error::NotFound(format!("document {id}"))),
+            let current = sqlx::query("SELECT version FROM documents WHERE id = $1")
+                .bind(item.document.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            outcomes.push(match current {
+                Some(row) => {
+                    let current: i64 = row.try_get("version")?;
+                    tracing::info!(document = %item.document, current, "a newer version is queued; this one is not published");
+                    ReadyOutcome::Superseded
+                }
+                None => ReadyOutcome::Missing,
+            });
         }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     /// `reason` is shown to API callers: it must not carry internals.

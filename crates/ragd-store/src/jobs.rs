@@ -170,15 +170,28 @@ impl Store {
     /// another job of the same document is running under a live lease. Each
     /// job goes to exactly one claimer, on both engines; `worker` must be
     /// unique per claiming task.
-    #[tracing::instrument(name = "store.claim_job", skip_all, fields(worker, ?kinds))]
     pub async fn claim_job(
         &self,
         worker: &str,
         kinds: &[&str],
         lease: Duration,
     ) -> Result<Option<JobRecord>> {
-        if kinds.is_empty() {
-            return Ok(None);
+        Ok(self.claim_jobs(worker, kinds, lease, 1).await?.pop())
+    }
+
+    /// Claims up to `limit` jobs at once, oldest first, as [`Store::claim_job`]
+    /// claims one. Two jobs of one document can come back together (a queued
+    /// one and one whose lease expired); they are for the same content.
+    #[tracing::instrument(name = "store.claim_jobs", skip_all, fields(worker, ?kinds, limit))]
+    pub async fn claim_jobs(
+        &self,
+        worker: &str,
+        kinds: &[&str],
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>> {
+        if kinds.is_empty() || limit == 0 {
+            return Ok(Vec::new());
         }
         let now = now_ms();
         self.fail_exhausted_leases(now).await?;
@@ -196,7 +209,7 @@ impl Store {
         let sql = format!(
             "UPDATE jobs SET state = $1, worker = $2, lease_until = $3, attempts = attempts + 1, \
              updated_at = $4 \
-             WHERE id = (SELECT candidate.id FROM jobs AS candidate \
+             WHERE id IN (SELECT candidate.id FROM jobs AS candidate \
                WHERE candidate.kind IN ({kinds}) \
                AND ((candidate.state = $5 AND candidate.run_after <= $4) \
                  OR (candidate.state = $1 AND candidate.lease_until < $4 \
@@ -205,7 +218,7 @@ impl Store {
                AND NOT EXISTS (SELECT 1 FROM jobs AS busy \
                  WHERE busy.document_id = candidate.document_id AND busy.id <> candidate.id \
                    AND busy.state = $1 AND busy.lease_until >= $4) \
-               ORDER BY candidate.id LIMIT 1{lock}) \
+               ORDER BY candidate.id LIMIT {limit}{lock}) \
              RETURNING {COLUMNS}",
             kinds = placeholders(6, kinds.len()),
         );
@@ -218,12 +231,14 @@ impl Store {
         for kind in kinds {
             query = query.bind(*kind);
         }
-        let Some(row) = query.fetch_optional(&self.pool).await? else {
-            return Ok(None);
-        };
-        let job = JobRecord::from_row(&row)?;
-        tracing::debug!(job = %job.id, kind = %job.kind, attempt = job.attempts, "job claimed");
-        Ok(Some(job))
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut jobs = rows.iter().map(JobRecord::from_row).collect::<Result<Vec<_>>>()?;
+        // RETURNING gives no order guarantee.
+        jobs.sort_by_key(|job| job.id);
+        for job in &jobs {
+            tracing::debug!(job = %job.id, kind = %job.kind, attempt = job.attempts, "job claimed");
+        }
+        Ok(jobs)
     }
 
     /// A running job whose lease expired on its last attempt would never be
@@ -280,22 +295,33 @@ impl Store {
     /// Extends the lease. False when the job is no longer this worker's
     /// (reclaimed after the lease expired, cancelled, or finished): the
     /// worker must then stop working on it.
-    #[tracing::instrument(name = "store.heartbeat_job", skip_all, fields(job = %id, worker))]
     pub async fn heartbeat_job(&self, id: JobId, worker: &str, lease: Duration) -> Result<bool> {
+        Ok(!self.heartbeat_jobs(&[id], worker, lease).await?.is_empty())
+    }
+
+    /// Extends the leases of `ids` in one statement; returns those still
+    /// this worker's.
+    #[tracing::instrument(name = "store.heartbeat_jobs", skip_all, fields(jobs = ids.len(), worker))]
+    pub async fn heartbeat_jobs(&self, ids: &[JobId], worker: &str, lease: Duration) -> Result<Vec<JobId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = now_ms();
-        let updated = sqlx::query(
+        let sql = format!(
             "UPDATE jobs SET lease_until = $1, updated_at = $2 \
-             WHERE id = $3 AND worker = $4 AND state = $5",
-        )
-        .bind(now.saturating_add(duration_ms(lease)))
-        .bind(now)
-        .bind(id.to_string())
-        .bind(worker)
-        .bind(JobState::Running.as_str())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated > 0)
+             WHERE worker = $3 AND state = $4 AND id IN ({ids}) RETURNING id",
+            ids = placeholders(5, ids.len()),
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(now.saturating_add(duration_ms(lease)))
+            .bind(now)
+            .bind(worker)
+            .bind(JobState::Running.as_str());
+        for id in ids {
+            query = query.bind(id.to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(|row| column(row, "id", str::parse)).collect()
     }
 
     /// Fails with Conflict when the job is no longer this worker's.
@@ -317,6 +343,29 @@ impl Store {
             return Err(self.not_held(id, worker).await);
         }
         Ok(())
+    }
+
+    /// Completes those of `ids` that are still this worker's, in one
+    /// statement; returns how many were.
+    #[tracing::instrument(name = "store.complete_jobs", skip_all, fields(jobs = ids.len(), worker))]
+    pub async fn complete_jobs(&self, ids: &[JobId], worker: &str) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "UPDATE jobs SET state = $1, lease_until = NULL, error = NULL, updated_at = $2 \
+             WHERE worker = $3 AND state = $4 AND id IN ({ids})",
+            ids = placeholders(5, ids.len()),
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(JobState::Succeeded.as_str())
+            .bind(now_ms())
+            .bind(worker)
+            .bind(JobState::Running.as_str());
+        for id in ids {
+            query = query.bind(id.to_string());
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected() as usize)
     }
 
     /// Puts the job back in the queue after a backoff when `retry` and

@@ -21,7 +21,7 @@ mod store;
 pub use batches::{BatchId, BatchRecord, NewBatch};
 pub use blob::BlobStore;
 pub use collections::{CollectionRecord, CollectionUpdate, NewCollection};
-pub use documents::{AddOutcome, DocumentRecord, NewDocument, StatusCounts};
+pub use documents::{AddOutcome, DocumentRecord, IndexedVersion, NewDocument, ReadyOutcome, StatusCounts};
 pub use error::{Error, Result};
 pub use job_reports::{JobControl, JobLogLine, JobMetric};
 pub use jobs::{JobRecord, JobState, INGEST_JOB_KIND};

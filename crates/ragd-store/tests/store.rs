@@ -14,7 +14,8 @@ use futures::FutureExt;
 use ragd_core::{CollectionId, CollectionName, ContentHash, DocumentId, DocumentStatus, TenantId};
 use ragd_store::{
     AddOutcome, Backend, BatchId, BlobStore, CollectionRecord, CollectionUpdate, DocumentRecord, Error,
-    JobControl, JobState, NewBatch, NewCollection, NewDocument, QueuePolicy, Store, StoreConfig, INGEST_JOB_KIND,
+    IndexedVersion, JobControl, JobState, NewBatch, NewCollection, NewDocument, QueuePolicy, ReadyOutcome,
+    Store, StoreConfig, INGEST_JOB_KIND,
 };
 use sqlx::{Connection, Executor};
 
@@ -107,6 +108,7 @@ on_both_engines!(
     documents_page_in_id_order,
     document_status_transitions_and_counts,
     each_job_is_claimed_by_exactly_one_worker,
+    jobs_are_claimed_and_finished_in_groups,
     expired_lease_is_reclaimed_by_another_worker,
     lease_expired_on_last_attempt_fails_job_and_document,
     only_the_owner_heartbeats_and_completes,
@@ -365,6 +367,42 @@ async fn each_job_is_claimed_by_exactly_one_worker(store: Store) {
         assert_eq!(store.get_job(id).await.expect("job").state, JobState::Succeeded);
     }
     assert_eq!(store.pending_job_count().await.expect("count"), 0);
+}
+
+async fn jobs_are_claimed_and_finished_in_groups(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let mut inserted = Vec::new();
+    for i in 0..5 {
+        inserted.push(
+            store.insert_document_with_job(&new_document(&docs, &format!("doc{i}"))).await.expect("insert"),
+        );
+    }
+    let first = store.claim_jobs("a", &[INGEST_JOB_KIND], LEASE, 3).await.expect("claim");
+    let claimed: Vec<_> = first.iter().map(|job| job.id).collect();
+    let oldest: Vec<_> = inserted[..3].iter().map(|(_, job)| *job).collect();
+    assert_eq!(claimed, oldest, "the oldest jobs, in order");
+    let rest = store.claim_jobs("b", &[INGEST_JOB_KIND], LEASE, 10).await.expect("claim");
+    assert_eq!(rest.len(), 2);
+    assert!(store.claim_jobs("c", &[INGEST_JOB_KIND], LEASE, 10).await.expect("claim").is_empty());
+
+    // A deleted document's running job is no longer held.
+    store.delete_document(docs.id, inserted[0].0.id).await.expect("delete");
+    let held = store.heartbeat_jobs(&claimed, "a", LEASE).await.expect("heartbeat");
+    assert_eq!(held, claimed[1..]);
+    assert!(store.heartbeat_jobs(&claimed, "b", LEASE).await.expect("heartbeat").is_empty());
+
+    let ids: Vec<DocumentId> = inserted[..3].iter().map(|(doc, _)| doc.id).collect();
+    assert_eq!(store.mark_documents_processing(&ids).await.expect("processing"), 2);
+    let indexed: Vec<IndexedVersion> =
+        ids.iter().map(|&document| IndexedVersion { document, version: 1, chunk_count: 3 }).collect();
+    let outcomes = store.mark_documents_ready(&indexed).await.expect("ready");
+    assert_eq!(outcomes, [ReadyOutcome::Missing, ReadyOutcome::Ready, ReadyOutcome::Ready]);
+    assert_eq!(store.complete_jobs(&claimed, "a").await.expect("complete"), 2);
+    assert_eq!(store.complete_jobs(&claimed, "a").await.expect("complete"), 0, "already done");
+    let counts = store.document_status_counts(docs.id).await.expect("counts");
+    assert_eq!((counts.ready, counts.chunks, counts.processing), (2, 6, 0));
+    assert_eq!(store.get_job(claimed[0]).await.expect("job").state, JobState::Cancelled);
+    assert_eq!(store.get_job(claimed[1]).await.expect("job").state, JobState::Succeeded);
 }
 
 async fn expired_lease_is_reclaimed_by_another_worker(store: Store) {

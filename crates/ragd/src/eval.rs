@@ -3,15 +3,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use ragd_core::{CollectionIndexSpec, CollectionName, DocumentId, SearchMode, TenantId, TopK};
 use ragd_eval::{IngestSummary, Latency, Report};
-use ragd_jobs::WorkerHandle;
+use ragd_jobs::{IngestPipeline, WorkerHandle};
 use ragd_retrieve::SearchRequest;
-use ragd_store::{CollectionRecord, NewCollection, NewDocument};
+use ragd_store::{CollectionRecord, NewCollection, NewDocument, StatusCounts};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -83,7 +84,7 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
             (found.with_context(|| format!("no collection named {existing:?}"))?, None)
         }
         None => {
-            let collection = create_collection(&engines, &tenant, &name).await?;
+            let collection = create_collection(&engines, &tenant, "eval", &name).await?;
             let summary = ingest_corpus(&engines, &config, &collection, &dataset.corpus, args.workers).await?;
             (collection, Some(summary))
         }
@@ -146,10 +147,16 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn create_collection(engines: &Engines, tenant: &TenantId, dataset: &str) -> anyhow::Result<CollectionRecord> {
+/// A fresh collection for a run of the `purpose` tool (`eval`, `bench`).
+pub(crate) async fn create_collection(
+    engines: &Engines,
+    tenant: &TenantId,
+    purpose: &str,
+    dataset: &str,
+) -> anyhow::Result<CollectionRecord> {
     let slug: String =
         dataset.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).take(40).collect();
-    let name = CollectionName::parse(&format!("eval-{slug}-{}", &DocumentId::new().to_string()[24..]))?;
+    let name = CollectionName::parse(&format!("{purpose}-{slug}-{}", &DocumentId::new().to_string()[24..]))?;
     let dimensions = ragd_core::Embedder::dimensions(engines.embedder.as_ref());
     let collection = engines
         .store
@@ -157,7 +164,7 @@ async fn create_collection(engines: &Engines, tenant: &TenantId, dataset: &str) 
             settings: Default::default(),
             tenant: tenant.clone(),
             name,
-            description: format!("ragd eval of {dataset}"),
+            description: format!("ragd {purpose} of {dataset}"),
             embedder: ragd_core::Embedder::model(engines.embedder.as_ref()).to_owned(),
             dimensions: dimensions as i64,
         })
@@ -176,10 +183,32 @@ async fn ingest_corpus(
     workers: usize,
 ) -> anyhow::Result<IngestSummary> {
     let started = Instant::now();
-    let bar = ProgressBar::new(corpus.len() as u64).with_style(
+    queue_corpus(engines, collection, corpus).await?;
+    let pipeline = engines.pipeline(config);
+    let counts = run_workers(engines, config, &pipeline, collection, corpus.len(), workers).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "ingested {} documents ({} failed) into {} chunks in {seconds:.1} s",
+        counts.ready, counts.failed, counts.chunks
+    );
+    Ok(IngestSummary { documents: counts.ready as usize, chunks: counts.chunks as usize, seconds })
+}
+
+fn progress_bar(len: usize, message: &'static str) -> anyhow::Result<ProgressBar> {
+    let bar = ProgressBar::new(len as u64).with_style(
         ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")?.progress_chars("=> "),
     );
-    bar.set_message("queueing");
+    bar.set_message(message);
+    Ok(bar)
+}
+
+/// Stores every corpus document and its ingest job, as an upload would.
+pub(crate) async fn queue_corpus(
+    engines: &Engines,
+    collection: &CollectionRecord,
+    corpus: &[ragd_eval::CorpusDoc],
+) -> anyhow::Result<()> {
+    let bar = progress_bar(corpus.len(), "queueing")?;
     for doc in corpus {
         let mut metadata = Map::new();
         metadata.insert("beir_id".to_owned(), Value::String(doc.id.clone()));
@@ -202,13 +231,24 @@ async fn ingest_corpus(
             .await?;
         bar.inc(1);
     }
+    bar.finish_and_clear();
+    Ok(())
+}
 
-    bar.set_position(0);
-    bar.reset_eta();
-    bar.set_message("ingesting");
+/// Runs `workers` ingestion workers until none of the collection's
+/// `documents` is left queued or processing.
+pub(crate) async fn run_workers(
+    engines: &Engines,
+    config: &Config,
+    pipeline: &Arc<IngestPipeline>,
+    collection: &CollectionRecord,
+    documents: usize,
+    workers: usize,
+) -> anyhow::Result<StatusCounts> {
+    let bar = progress_bar(documents, "ingesting")?;
     let shutdown = CancellationToken::new();
     let handle = WorkerHandle::default();
-    let tasks = engines.spawn_workers(config, workers.max(1), ragd_jobs::Worker::KINDS, &handle, &shutdown);
+    let tasks = engines.spawn_workers(config, pipeline, workers.max(1), ragd_jobs::Worker::KINDS, &handle, &shutdown);
     handle.job_queued();
     let counts = loop {
         let counts = engines.store.document_status_counts(collection.id).await?;
@@ -216,17 +256,12 @@ async fn ingest_corpus(
         if counts.queued + counts.processing == 0 {
             break counts;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     shutdown.cancel();
     for task in tasks {
         let _ = task.await;
     }
     bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
-    eprintln!(
-        "ingested {} documents ({} failed) into {} chunks in {seconds:.1} s",
-        counts.ready, counts.failed, counts.chunks
-    );
-    Ok(IngestSummary { documents: counts.ready as usize, chunks: counts.chunks as usize, seconds })
+    Ok(counts)
 }

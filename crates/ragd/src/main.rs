@@ -1,6 +1,7 @@
 //! `ragd`: the only place that reads configuration and the environment. It
 //! builds every engine from typed config and runs the server or a tool.
 
+mod bench;
 mod config;
 #[cfg(test)]
 mod deploy_tests;
@@ -43,6 +44,8 @@ enum Command {
     /// Upload a file or folder to a running server, with progress, and wait
     /// until it is ingested.
     Ingest(ingest::IngestArgs),
+    /// Measure performance: `ragd bench ingest`.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +73,13 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(eval::run(config, args))
         }
         Command::Ingest(args) => runtime()?.block_on(ingest::run(args)),
+        Command::Bench(bench::BenchArgs { command: bench::BenchCommand::Ingest(args) }) => {
+            let (data_dir, _temporary) = args.fresh_data_dir()?;
+            let overrides = config::Overrides { data_dir: Some(data_dir), server: None };
+            let config = config::load(cli.config.as_deref(), &overrides)?;
+            serve::init_tracing(&config.log)?;
+            runtime()?.block_on(bench::run(config, args))
+        }
     }
 }
 

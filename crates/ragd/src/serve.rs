@@ -89,17 +89,8 @@ impl Engines {
         })
     }
 
-    /// Starts `count` workers claiming jobs of `kinds` on this runtime; they
-    /// stop when `shutdown` is cancelled.
-    pub fn spawn_workers(
-        &self,
-        config: &Config,
-        count: usize,
-        kinds: &[&'static str],
-        handle: &WorkerHandle,
-        shutdown: &CancellationToken,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        let pipeline = Arc::new(IngestPipeline::new(
+    pub fn pipeline(&self, config: &Config) -> Arc<IngestPipeline> {
+        Arc::new(IngestPipeline::new(
             self.store.clone(),
             self.blobs.clone(),
             self.chunker.clone(),
@@ -107,7 +98,20 @@ impl Engines {
             self.sparse.clone(),
             self.index.clone(),
             config.jobs.embed_batch_size,
-        ));
+        ))
+    }
+
+    /// Starts `count` workers claiming jobs of `kinds` on this runtime; they
+    /// stop when `shutdown` is cancelled.
+    pub fn spawn_workers(
+        &self,
+        config: &Config,
+        pipeline: &Arc<IngestPipeline>,
+        count: usize,
+        kinds: &[&'static str],
+        handle: &WorkerHandle,
+        shutdown: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let training = Arc::new(TrainingJobs::new(
             self.store.clone(),
             config.models.dir.clone(),
@@ -163,7 +167,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let workers = WorkerHandle::default();
-    let tasks = engines.spawn_workers(&config, config.jobs.workers, Worker::KINDS, &workers, &shutdown);
+    let tasks = engines.spawn_workers(
+        &config,
+        &engines.pipeline(&config),
+        config.jobs.workers,
+        Worker::KINDS,
+        &workers,
+        &shutdown,
+    );
 
     let state = AppState::new(AppParts {
         store: engines.store.clone(),

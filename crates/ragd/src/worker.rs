@@ -64,7 +64,7 @@ pub async fn run(config: Config, args: WorkerArgs) -> anyhow::Result<()> {
     // Nothing in this process enqueues jobs: the workers find them by
     // polling every jobs.poll_interval_ms.
     let handle = WorkerHandle::default();
-    let tasks = engines.spawn_workers(&config, config.jobs.workers, &kinds, &handle, &shutdown);
+    let tasks = engines.spawn_workers(&config, &engines.pipeline(&config), config.jobs.workers, &kinds, &handle, &shutdown);
     let health = listener.map(|listener| {
         let router = health_router(engines.store.clone());
         let stop = shutdown.clone();

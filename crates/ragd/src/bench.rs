@@ -1,0 +1,229 @@
+//! `ragd bench ingest`: the ingestion pipeline's throughput (store, worker,
+//! parse, chunk, embed, index, publish) next to the raw embedder's on the
+//! same chunk texts, in one run, with the process's peak memory.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use ragd_core::TenantId;
+use ragd_jobs::ingest::chunk_document;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::eval::{create_collection, queue_corpus, run_workers};
+use crate::serve::Engines;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Ingest a BEIR corpus into a fresh data directory and compare the
+    /// pipeline's throughput with the raw embedder's.
+    Ingest(IngestBenchArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestBenchArgs {
+    /// A BEIR corpus file: one {"_id", "title", "text"} object per line.
+    #[arg(long, default_value = "../shared/eval/scifact/corpus.jsonl")]
+    pub corpus: PathBuf,
+    /// Only the first N documents of the corpus.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// An empty or missing directory for the run's state (default: a
+    /// temporary directory, deleted afterwards).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Ingestion workers.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl IngestBenchArgs {
+    /// The data directory to use, and the temporary directory to delete
+    /// when none was given.
+    pub fn fresh_data_dir(&self) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+        match &self.data_dir {
+            Some(dir) => {
+                let empty = match std::fs::read_dir(dir) {
+                    Ok(mut entries) => entries.next().is_none(),
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
+                    Err(error) => return Err(error).with_context(|| format!("reading {}", dir.display())),
+                };
+                if !empty {
+                    bail!("{} is not empty; the benchmark needs a fresh data directory", dir.display());
+                }
+                Ok((dir.clone(), None))
+            }
+            None => {
+                let dir = tempfile::Builder::new().prefix("ragd-bench-").tempdir()?;
+                Ok((dir.path().to_owned(), Some(dir)))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct IngestBench {
+    documents: usize,
+    failed: usize,
+    chunks: usize,
+    embed_batch_size: usize,
+    workers: usize,
+    queue_seconds: f64,
+    pipeline_seconds: f64,
+    pipeline_documents_per_second: f64,
+    pipeline_chunks_per_second: f64,
+    /// Time the workers spent in each stage, summed over workers.
+    stage_seconds: StageSeconds,
+    raw_embed_seconds: f64,
+    raw_embed_chunks_per_second: f64,
+    /// Pipeline chunks/s over raw embedder chunks/s.
+    pipeline_share_of_raw: f64,
+    /// Highest resident memory of the process before the raw pass (VmHWM).
+    peak_rss_mib: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct StageSeconds {
+    parse: f64,
+    chunk: f64,
+    embed: f64,
+    index: f64,
+}
+
+pub async fn run(config: Config, args: IngestBenchArgs) -> anyhow::Result<()> {
+    let mut corpus =
+        ragd_eval::load_corpus(&args.corpus).with_context(|| format!("loading {}", args.corpus.display()))?;
+    if let Some(limit) = args.limit {
+        corpus.truncate(limit);
+    }
+    if corpus.is_empty() {
+        bail!("{} holds no documents", args.corpus.display());
+    }
+    let engines = Engines::build(&config).await?;
+    let name = args.corpus.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let collection = create_collection(&engines, &TenantId::default_tenant(), "bench", &name).await?;
+
+    let started = Instant::now();
+    queue_corpus(&engines, &collection, &corpus).await?;
+    let queue_seconds = started.elapsed().as_secs_f64();
+
+    let pipeline = engines.pipeline(&config);
+    let started = Instant::now();
+    let counts = run_workers(&engines, &config, &pipeline, &collection, corpus.len(), args.workers).await?;
+    let pipeline_seconds = started.elapsed().as_secs_f64();
+    let peak_rss_mib = peak_rss_mib()?;
+    let points = engines.index.count(collection.id).await?;
+    if points != counts.chunks as u64 {
+        bail!("the index holds {points} points but the documents have {} chunks", counts.chunks);
+    }
+
+    // The raw pass embeds exactly what the pipeline embedded, in batches of
+    // the same size, with no store, index or worker around it.
+    let batch_size = config.jobs.embed_batch_size;
+    let (chunker, embedder) = (engines.chunker.clone(), engines.embedder.clone());
+    let texts: Vec<String> = corpus
+        .iter()
+        .filter_map(|doc| {
+            let chunks = chunk_document(&chunker, None, "text/plain", doc.text.as_bytes()).ok()?;
+            Some(chunks.into_iter().map(|chunk| chunk.embedding_text(&doc.title)).collect::<Vec<_>>())
+        })
+        .flatten()
+        .collect();
+    if texts.len() != counts.chunks as usize {
+        bail!("chunking again gave {} chunks; the pipeline made {}", texts.len(), counts.chunks);
+    }
+    let raw_embed_seconds = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        let started = Instant::now();
+        for batch in texts.chunks(batch_size) {
+            embedder.embed_documents(batch)?;
+        }
+        Ok(started.elapsed().as_secs_f64())
+    })
+    .await??;
+
+    let counters = pipeline.counters();
+    let seconds = |ms: &std::sync::atomic::AtomicU64| ms.load(Ordering::Relaxed) as f64 / 1e3;
+    let chunks = counts.chunks as usize;
+    let pipeline_chunks_per_second = chunks as f64 / pipeline_seconds;
+    let raw_embed_chunks_per_second = chunks as f64 / raw_embed_seconds;
+    let result = IngestBench {
+        documents: counts.ready as usize,
+        failed: counts.failed as usize,
+        chunks,
+        embed_batch_size: batch_size,
+        workers: args.workers.max(1),
+        queue_seconds,
+        pipeline_seconds,
+        pipeline_documents_per_second: corpus.len() as f64 / pipeline_seconds,
+        pipeline_chunks_per_second,
+        stage_seconds: StageSeconds {
+            parse: seconds(&counters.parse_ms),
+            chunk: seconds(&counters.chunk_ms),
+            embed: seconds(&counters.embed_ms),
+            index: seconds(&counters.index_ms),
+        },
+        raw_embed_seconds,
+        raw_embed_chunks_per_second,
+        pipeline_share_of_raw: pipeline_chunks_per_second / raw_embed_chunks_per_second,
+        peak_rss_mib,
+    };
+    println!("{}", render(&result));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn render(r: &IngestBench) -> String {
+    let s = &r.stage_seconds;
+    format!(
+        "documents          {} ({} failed), {} chunks; embed batch {}, {} worker(s)\n\
+         queueing           {:.1} s\n\
+         pipeline           {:.1} s: {:.1} documents/s, {:.1} chunks/s\n\
+         \x20 stages           parse {:.1} s, chunk {:.1} s, embed {:.1} s, index {:.1} s\n\
+         raw embedder       {:.1} s: {:.1} chunks/s\n\
+         pipeline / raw     {:.1}%\n\
+         peak RSS           {:.0} MiB",
+        r.documents,
+        r.failed,
+        r.chunks,
+        r.embed_batch_size,
+        r.workers,
+        r.queue_seconds,
+        r.pipeline_seconds,
+        r.pipeline_documents_per_second,
+        r.pipeline_chunks_per_second,
+        s.parse,
+        s.chunk,
+        s.embed,
+        s.index,
+        r.raw_embed_seconds,
+        r.raw_embed_chunks_per_second,
+        r.pipeline_share_of_raw * 100.0,
+        r.peak_rss_mib,
+    )
+}
+
+/// The process's peak resident set size so far (VmHWM), in MiB.
+fn peak_rss_mib() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    Ok(kib / 1024.0)
+}
