@@ -53,6 +53,16 @@ fn corpus() -> Vec<Line> {
         .collect()
 }
 
+/// `n` spelled in letters, e.g. `qxbaf`: one word for the BM25 tokenizer.
+fn letters(mut n: usize) -> String {
+    let mut word = String::from("qx");
+    for _ in 0..3 {
+        word.push((b'a' + (n % 26) as u8) as char);
+        n /= 26;
+    }
+    word
+}
+
 /// Abstract-sized documents (about 1,400 characters) of pseudo-random
 /// words, each different.
 fn synthetic_corpus() -> Vec<Line> {
@@ -95,7 +105,8 @@ fn synthetic_corpus() -> Vec<Line> {
         .map(|n| {
             let words: Vec<&str> = (0..200).map(|_| WORDS[(next() % WORDS.len() as u64) as usize]).collect();
             let external_id = format!("synthetic-{n}");
-            let text = format!("Document {n}. {}.", words.join(" "));
+            // A made-up word of its own lets search tell the documents apart.
+            let text = format!("Document {}. {}.", letters(n), words.join(" "));
             let json = json!({"title": format!("Synthetic {n}"), "text": text, "metadata": {}, "external_id": external_id})
                 .to_string();
             Line { external_id, json }
@@ -311,7 +322,7 @@ async fn acknowledged_documents_survive_kill_9() {
     let first = &corpus[0];
     let text: Value = serde_json::from_str(&first.json).unwrap();
     let query: String = text["text"].as_str().unwrap().chars().take(200).collect();
-    let hits = app.search(&c, json!({"query": query, "top_k": 1})).await;
+    let hits = app.search(&c, json!({"query": query, "top_k": 1, "mode": "sparse"})).await;
     let hit = hits["hits"][0]["document_id"].as_str().unwrap();
     assert_eq!(by_external_id[first.external_id.as_str()][0]["id"], hit, "{hits}");
     assert!(!app.log().contains("panicked"), "the server panicked:\n{}", app.log());
