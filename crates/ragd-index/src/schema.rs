@@ -37,6 +37,34 @@ pub fn metadata_path(key: &str) -> Result<String> {
     }
 }
 
+/// An any-of filter's values grouped by type: Qdrant matches any-of within
+/// one value type only, so each backend makes one condition per non-empty
+/// group, any of which may match.
+#[derive(Debug, Default)]
+pub struct AnyOfByType {
+    pub texts: Vec<String>,
+    pub integers: Vec<i64>,
+    pub flags: Vec<bool>,
+}
+
+impl AnyOfByType {
+    /// Groups `values` of the filter on `field`; an empty list is an error.
+    pub fn group(field: &str, values: &[ragd_core::FilterValue]) -> Result<Self> {
+        if values.is_empty() {
+            return Err(Error::InvalidQuery(format!("filter on {field:?}: the list of values is empty")));
+        }
+        let mut groups = Self::default();
+        for value in values {
+            match value {
+                ragd_core::FilterValue::Text(text) => groups.texts.push(text.clone()),
+                ragd_core::FilterValue::Integer(integer) => groups.integers.push(*integer),
+                ragd_core::FilterValue::Bool(flag) => groups.flags.push(*flag),
+            }
+        }
+        Ok(groups)
+    }
+}
+
 /// A sparse vector's indices and values sorted by index, or why it cannot
 /// be stored: every index once, one value per index.
 pub fn checked_sparse(vector: &SparseVector) -> std::result::Result<(Vec<u32>, Vec<f32>), String> {

@@ -64,24 +64,14 @@ fn metadata_condition(condition: &Condition) -> Result<QCondition> {
 /// Qdrant matches any-of within one value type only, so mixed lists become
 /// one condition per type, any of which may match.
 fn any_of(field: &str, values: &[FilterValue]) -> Result<QCondition> {
-    if values.is_empty() {
-        return Err(Error::InvalidQuery(format!("filter on {field:?}: the list of values is empty")));
+    let groups = schema::AnyOfByType::group(field, values)?;
+    let mut alternatives =
+        groups.flags.iter().map(|flag| field_match(field, Match::from(*flag))).collect::<Result<Vec<_>>>()?;
+    if !groups.texts.is_empty() {
+        alternatives.push(field_match(field, Match::from(groups.texts))?);
     }
-    let mut texts = Vec::new();
-    let mut integers = Vec::new();
-    let mut alternatives = Vec::new();
-    for value in values {
-        match value {
-            FilterValue::Text(text) => texts.push(text.clone()),
-            FilterValue::Integer(integer) => integers.push(*integer),
-            FilterValue::Bool(flag) => alternatives.push(field_match(field, Match::from(*flag))?),
-        }
-    }
-    if !texts.is_empty() {
-        alternatives.push(field_match(field, Match::from(texts))?);
-    }
-    if !integers.is_empty() {
-        alternatives.push(field_match(field, Match::from(integers))?);
+    if !groups.integers.is_empty() {
+        alternatives.push(field_match(field, Match::from(groups.integers))?);
     }
     Ok(match <[QCondition; 1]>::try_from(alternatives) {
         Ok([single]) => single,
