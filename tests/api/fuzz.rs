@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::helpers::{python_venv, repo_root, seed_corpus, spawn_app};
+use crate::helpers::{ADMIN_KEY, python_venv, repo_root, seed_corpus, spawn_app_with};
 
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 #[tokio::test]
 async fn fuzzing_from_the_openapi_document_finds_no_errors() {
     let venv = python_venv(SCHEMATHESIS, "schemathesis").await;
-    let app = spawn_app().await;
+    // Requests come faster than a client's default rate limit allows.
+    let app = spawn_app_with(&[("RAGD_AUTH__RATE_LIMIT_PER_SECOND", "0")]).await;
     let collection = app.create_collection("fuzz").await;
     seed_corpus(&app, &collection).await;
 
@@ -29,10 +30,7 @@ async fn fuzzing_from_the_openapi_document_finds_no_errors() {
         .arg("run")
         .arg(app.url("/openapi.json"))
         .args(["--checks", "all"])
-        // No API keys yet: nothing asks for the bearer key the document
-        // announces.
-        .args(["--exclude-checks", "ignored_auth,missing_required_header"])
-        .args(["--header", "Authorization: Bearer ragd-fuzz"])
+        .args(["--header", &format!("Authorization: Bearer {ADMIN_KEY}")])
         .args(["--exclude-path", "/v1/collections/{collection}/query"])
         .args(["--exclude-path", "/v1/chat/completions"])
         // A schema-valid job is a real fine-tuning run: too heavy to fuzz.

@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -46,11 +47,27 @@ pub async fn python_venv(requirement: &str, module: &str) -> PathBuf {
     venv
 }
 
+/// The operator admin key every test server is started with; `client`
+/// sends it on every request.
+pub const ADMIN_KEY: &str = "ragd-test-admin-key-0123456789abcdef";
+
+/// A client that sends `key` as its bearer token on every request.
+pub fn client_with_key(key: &str) -> Client {
+    let mut value = HeaderValue::from_str(&format!("Bearer {key}")).expect("header value");
+    value.set_sensitive(true);
+    let mut headers = HeaderMap::new();
+    headers.insert(AUTHORIZATION, value);
+    Client::builder().default_headers(headers).build().expect("client")
+}
+
 /// A running `ragd serve` with a fresh data directory; killed on drop.
 pub struct TestApp {
     pub address: String,
     pub client: Client,
     pub data_dir: TempDir,
+    /// What the server printed on stdout before it listened (the first
+    /// start's operator key, when no admin key is configured).
+    pub banner: String,
     child: Child,
     env: Vec<(String, String)>,
 }
@@ -68,13 +85,13 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     );
     let data_dir = tempfile::Builder::new().prefix("ragd-test-").tempdir().expect("temp dir");
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    let (child, address) = start(data_dir.path(), &env).await;
-    TestApp { address, client: Client::new(), data_dir, child, env }
+    let (child, address, banner) = start(data_dir.path(), &env).await;
+    TestApp { address, client: client_with_key(ADMIN_KEY), data_dir, banner, child, env }
 }
 
 /// Runs `ragd serve` on `data_dir` until it prints its address. The log is
 /// appended to, so a restarted server's log follows the previous one's.
-async fn start(data_dir: &Path, env: &[(String, String)]) -> (Child, String) {
+async fn start(data_dir: &Path, env: &[(String, String)]) -> (Child, String, String) {
     let log_path = data_dir.join("server.log");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_ragd"));
@@ -87,6 +104,7 @@ async fn start(data_dir: &Path, env: &[(String, String)]) -> (Child, String) {
         // keeps server start fast.
         .env("RAGD_MODELS__VERIFY_CHECKSUMS", "false")
         .env("RAGD_JOBS__POLL_INTERVAL_MS", "100")
+        .env("RAGD_ADMIN_KEY", ADMIN_KEY)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
@@ -96,11 +114,14 @@ async fn start(data_dir: &Path, env: &[(String, String)]) -> (Child, String) {
     let mut child = command.spawn().expect("spawn ragd");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
+    let mut banner = String::new();
     let address = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(line) = lines.next_line().await.expect("read stdout") {
             if let Some(address) = line.strip_prefix("ragd listening on ") {
                 return address.to_owned();
             }
+            banner.push_str(&line);
+            banner.push('\n');
         }
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         panic!("ragd exited before listening; its log:\n{log}");
@@ -108,7 +129,7 @@ async fn start(data_dir: &Path, env: &[(String, String)]) -> (Child, String) {
     .await
     .expect("ragd did not start within 120 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, address)
+    (child, address, banner)
 }
 
 impl TestApp {
@@ -175,9 +196,22 @@ impl TestApp {
     /// it again on the same data directory (at a new address).
     pub async fn kill_and_restart(&mut self) {
         self.child.kill().await.expect("kill ragd");
-        let (child, address) = start(self.data_dir.path(), &self.env).await;
+        let (child, address, _) = start(self.data_dir.path(), &self.env).await;
         self.child = child;
         self.address = address;
+    }
+
+    /// The same server seen through another API key.
+    pub fn as_key(&self, key: &str) -> KeyedClient<'_> {
+        KeyedClient { app: self, client: client_with_key(key) }
+    }
+
+    /// Makes a key with the admin key; returns its id and the key.
+    pub async fn create_key(&self, body: Value) -> (String, String) {
+        let response = self.post_json("/v1/keys", &body).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+        let created: Value = response.json().await.unwrap();
+        (created["id"].as_str().unwrap().to_owned(), created["key"].as_str().unwrap().to_owned())
     }
 
     pub fn log(&self) -> String {
@@ -219,4 +253,24 @@ pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
     assert!(body["type"].as_str().unwrap().starts_with("urn:ragd:problem:"), "{body}");
     assert!(!body["detail"].as_str().unwrap().is_empty());
     body
+}
+
+/// Requests to a [`TestApp`] made with one API key.
+pub struct KeyedClient<'a> {
+    pub app: &'a TestApp,
+    pub client: Client,
+}
+
+impl KeyedClient<'_> {
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.app.url(path)).send().await.expect("request")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client.post(self.app.url(path)).json(body).send().await.expect("request")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.client.delete(self.app.url(path)).send().await.expect("request")
+    }
 }

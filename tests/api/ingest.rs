@@ -1,6 +1,6 @@
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, ADMIN_KEY};
 
 /// `ragd ingest` walks a folder, uploads through the API and waits for the
 /// documents; hidden files are skipped and unsupported ones reported.
@@ -16,6 +16,7 @@ async fn ingest_command_uploads_a_folder() {
 
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ragd"))
         .args(["ingest", "--collection", "cli", "--create", "--server", &app.address])
+        .env("RAGD_API_KEY", ADMIN_KEY)
         .arg(folder.path())
         .output()
         .await

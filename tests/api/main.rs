@@ -17,5 +17,6 @@ mod openai;
 mod openapi;
 mod query;
 mod search;
+mod security;
 mod settings;
 mod workers;

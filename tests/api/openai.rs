@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::helpers::{assert_problem, python_venv, repo_root, seed_corpus, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, assert_problem, python_venv, repo_root, seed_corpus, spawn_app, spawn_app_with};
 
 const GENERATOR: &str = "smollm2-135m-instruct";
 const EMBEDDER: &str = "minilm-l6-onnx";
@@ -31,6 +31,7 @@ async fn the_official_openai_client_works_against_ragd() {
     let run = Command::new(&python)
         .arg(&script)
         .args([&app.url("/v1"), "rag:handbook", GENERATOR, EMBEDDER])
+        .env("RAGD_API_KEY", ADMIN_KEY)
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(900), run).await.expect("client finished in time").expect("run client");
@@ -169,7 +170,7 @@ async fn ragd_generates_through_another_ragd() {
         ("RAGD_GENERATION__BACKEND", "openai"),
         ("RAGD_GENERATION__OPENAI__BASE_URL", &base_url),
         ("RAGD_GENERATION__OPENAI__MODEL", GENERATOR),
-        ("RAGD_GENERATION__OPENAI__API_KEY", "unused"),
+        ("RAGD_GENERATION__OPENAI__API_KEY", ADMIN_KEY),
     ])
     .await;
     let c = app.create_collection("relayed").await;

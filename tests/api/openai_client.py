@@ -1,10 +1,11 @@
 """Drives ragd's OpenAI-compatible API with the official `openai` client and
 prints what it saw as one JSON object, which tests/api/openai.rs checks.
 
-Usage: openai_client.py BASE_URL RAG_MODEL CHAT_MODEL EMBEDDING_MODEL
+Usage: RAGD_API_KEY=KEY openai_client.py BASE_URL RAG_MODEL CHAT_MODEL EMBEDDING_MODEL
 """
 
 import json
+import os
 import sys
 
 import openai
@@ -12,7 +13,7 @@ from openai import OpenAI
 
 base_url, rag_model, chat_model, embedding_model = sys.argv[1:5]
 # The local model is slow on a busy machine; a retry would only hide that.
-client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
+client = OpenAI(base_url=base_url, api_key=os.environ["RAGD_API_KEY"], max_retries=0, timeout=600)
 question = [{"role": "user", "content": "What gas do plants produce during photosynthesis?"}]
 out = {"client_version": openai.__version__}
 

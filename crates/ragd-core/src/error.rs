@@ -17,6 +17,13 @@ pub enum ErrorKind {
     /// (unsupported file type, undecodable document).
     Unprocessable,
     NotFound,
+    /// No valid credentials: the API key is missing, unknown, expired or
+    /// revoked.
+    Unauthenticated,
+    /// Valid credentials whose role or grants do not allow the operation.
+    Forbidden,
+    /// The caller sent more requests than its rate limit allows.
+    RateLimited,
     /// The target exists in a state that forbids the operation.
     Conflict,
     /// A limit (size, rate) was exceeded.

@@ -68,8 +68,8 @@ pub fn point_id(document: DocumentId, version: i64, index: u32) -> Uuid {
     Uuid::new_v5(&document.0, name.as_bytes())
 }
 
-/// The tenant that owns collections. Until multi-tenancy lands every request
-/// acts for [`TenantId::default_tenant`].
+/// The tenant that owns collections. An API key belongs to one tenant;
+/// operator keys (of the whole server) act for [`TenantId::default_tenant`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TenantId(String);

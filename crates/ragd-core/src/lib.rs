@@ -5,6 +5,7 @@
 //! Invariant: this crate depends on no engine (no ONNX, candle, Qdrant, sqlx,
 //! axum). Every other ragd crate depends on it; it depends on none of them.
 
+pub mod acl;
 pub mod error;
 pub mod filter;
 pub mod generate;
@@ -13,12 +14,11 @@ pub mod index;
 pub mod model;
 pub mod numbers;
 
+pub use acl::Visibility;
 pub use error::{Error, ErrorKind, Result};
 pub use filter::{Condition, Filter, FilterValue};
 pub use generate::{ChatMessage, ChatRole, GenerationRequest, Generator, TokenStream};
-pub use ids::{
-    CollectionId, CollectionName, ContentHash, DocumentId, JobId, TenantId, TopK, point_id,
-};
+pub use ids::{point_id, CollectionId, CollectionName, ContentHash, DocumentId, JobId, TenantId, TopK};
 pub use index::{
     ChunkPayload, CollectionIndexSpec, HybridQuery, IndexHit, IndexPoint, IndexSettings, Quantization,
     SearchMode, SparseVector, VectorIndex,

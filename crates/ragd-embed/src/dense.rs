@@ -21,11 +21,16 @@ pub struct EmbedConfig {
     /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose (one per
     /// physical core).
     pub threads: usize,
+    /// Whether ONNX Runtime keeps freed activation memory in its arena for
+    /// the next call. The arena grows in doubling steps and never shrinks,
+    /// so with it the process holds about twice the largest batch's
+    /// activations for good; without it memory is returned after each call.
+    pub memory_arena: bool,
 }
 
 impl Default for EmbedConfig {
     fn default() -> Self {
-        Self { batch_size: 32, threads: 0 }
+        Self { batch_size: 32, threads: 0, memory_arena: false }
     }
 }
 
@@ -100,8 +105,10 @@ impl OnnxEmbedder {
         };
         let user_model =
             UserDefinedEmbeddingModel::new(read("model.onnx")?, files).with_pooling(Pooling::Mean);
+        let cpu = ort::ep::CPU::default().with_arena_allocator(config.memory_arena).build();
         let options = InitOptionsUserDefined::new()
             .with_environment(environment)
+            .with_execution_providers(vec![cpu])
             .with_max_length(max_tokens)
             .with_intra_threads(config.threads);
         let text_embedding = TextEmbedding::try_new_from_user_defined(user_model, options)

@@ -66,8 +66,10 @@ impl Default for RetrievalConfig {
     }
 }
 
-const MAX_CANDIDATES: usize = 2000;
-const MAX_RRF_K: u32 = 10_000;
+/// The most candidates a branch may contribute before fusion.
+pub const MAX_CANDIDATES: usize = 2000;
+/// The largest `k` of reciprocal rank fusion a request may ask for.
+pub const MAX_RRF_K: u32 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct SearchRequest {

@@ -4,7 +4,9 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ragd_core::ErrorKind;
 use serde::Serialize;
@@ -15,6 +17,9 @@ fn describe(kind: ErrorKind) -> (&'static str, StatusCode, &'static str) {
         ErrorKind::InvalidInput => ("invalid_request", StatusCode::BAD_REQUEST, "Invalid request"),
         ErrorKind::Unprocessable => ("unprocessable_content", StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable content"),
         ErrorKind::NotFound => ("not_found", StatusCode::NOT_FOUND, "Not found"),
+        ErrorKind::Unauthenticated => ("unauthenticated", StatusCode::UNAUTHORIZED, "Unauthenticated"),
+        ErrorKind::Forbidden => ("forbidden", StatusCode::FORBIDDEN, "Forbidden"),
+        ErrorKind::RateLimited => ("rate_limited", StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
         ErrorKind::Conflict => ("conflict", StatusCode::CONFLICT, "Conflict"),
         ErrorKind::TooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
         ErrorKind::Upstream => ("upstream_error", StatusCode::BAD_GATEWAY, "Upstream service failed"),
@@ -63,10 +68,29 @@ pub(crate) struct Problem<'a> {
     status: u16,
     detail: &'a str,
     code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
 }
 
 fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Response {
-    let body = Problem { kind: format!("{PROBLEM_TYPE_PREFIX}{code}"), title, status: status.as_u16(), detail, code };
+    problem_with_id(status, code, title, detail, None)
+}
+
+fn problem_with_id(
+    status: StatusCode,
+    code: &str,
+    title: &str,
+    detail: &str,
+    request_id: Option<&str>,
+) -> Response {
+    let body = Problem {
+        kind: format!("{PROBLEM_TYPE_PREFIX}{code}"),
+        title,
+        status: status.as_u16(),
+        detail,
+        code,
+        request_id,
+    };
     let mut response = (status, Json(body)).into_response();
     response
         .headers_mut()
@@ -84,7 +108,13 @@ impl IntoResponse for ApiError {
             tracing::debug!(error = %self.0.chain(), status = status.as_u16(), "request rejected");
             self.0.message()
         };
-        problem(status, code, title, detail)
+        let mut response = problem(status, code, title, detail);
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ragd\""));
+        }
+        response
     }
 }
 
@@ -100,10 +130,25 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// Turns axum's own plain-text errors (unknown route, wrong method, body
-/// over the limit) into problem details too.
-pub async fn problem_for_plain_errors(response: Response) -> Response {
+/// The header that carries each request's id, set (or kept) on the way in
+/// and echoed on the way out.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Gives every error leaving the server its final form: axum's own
+/// plain-text errors (unknown route, wrong method, body over the limit)
+/// become problem details too, and a 500 says only that it failed, with
+/// the request id under which its log has the cause.
+pub async fn finish_problems(request: Request, next: Next) -> Response {
+    let request_id =
+        request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let response = next.run(request).await;
     let status = response.status();
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        let detail = format!(
+            "the server failed to handle this request; its log has the cause under request id {request_id}"
+        );
+        return problem_with_id(status, "internal_error", "Internal error", &detail, Some(&request_id));
+    }
     let is_problem = response
         .headers()
         .get(header::CONTENT_TYPE)

@@ -10,7 +10,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{RefOr, Schema};
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::response::{ResponseBuilder, Responses};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{Ref, RefOr, Schema};
 use utoipa::{Modify, OpenApi};
 
 use crate::state::AppState;
@@ -27,6 +31,10 @@ use crate::state::AppState;
         crate::routes::health::healthz,
         crate::routes::health::readyz,
         serve,
+        crate::routes::keys::create,
+        crate::routes::keys::list,
+        crate::routes::keys::revoke,
+        crate::routes::audit::list,
         crate::routes::collections::create,
         crate::routes::collections::list,
         crate::routes::collections::show,
@@ -48,10 +56,18 @@ use crate::state::AppState;
         crate::routes::openai::show_model,
         crate::routes::openai::embeddings,
     ),
-    components(schemas(crate::error::Problem, crate::wire::BulkAddView, crate::wire::HitView, crate::wire::ScoresView)),
+    components(schemas(
+        crate::error::Problem,
+        crate::wire::BulkAddView,
+        crate::wire::HitView,
+        crate::wire::ScoresView,
+        crate::wire::KeyView,
+        crate::wire::AuditView
+    )),
     modifiers(&Described),
     tags(
         (name = "health", description = "liveness, readiness and this document, without authentication"),
+        (name = "keys", description = "API keys and the audit log, for admin keys"),
         (name = "collections", description = "collections and their settings"),
         (name = "documents", description = "adding, listing and deleting documents; upload batches"),
         (name = "search", description = "retrieval without generation"),
@@ -78,15 +94,19 @@ fn document(state: &AppState) -> Value {
     let dimensions = &mut document["components"]["schemas"]["EmbeddingsBody"]["properties"]["dimensions"];
     dimensions["minimum"] = json!(state.dimensions);
     dimensions["maximum"] = json!(state.dimensions);
-    let list = &mut document["paths"]["/v1/collections/{collection}/documents"]["get"]["parameters"];
-    if let Some(limit) = list.as_array_mut().and_then(|ps| ps.iter_mut().find(|p| p["name"] == "limit")) {
-        limit["schema"]["maximum"] = json!(state.server.max_page_size);
+    for paged in ["/v1/collections/{collection}/documents", "/v1/audit"] {
+        let parameters = &mut document["paths"][paged]["get"]["parameters"];
+        if let Some(limit) = parameters.as_array_mut().and_then(|ps| ps.iter_mut().find(|p| p["name"] == "limit")) {
+            limit["schema"]["maximum"] = json!(state.server.max_page_size);
+        }
     }
     document
 }
 
 /// Adds the bearer scheme (required everywhere except where an operation
-/// says `security(())`) and the schemas written out below.
+/// says `security(())`), the answers every authenticated operation can
+/// give (no or a bad key, a role too low, the key's rate limit), and the
+/// schemas written out below.
 struct Described;
 
 impl Modify for Described {
@@ -102,6 +122,47 @@ impl Modify for Described {
             components.schemas.insert(name.to_owned(), schema_from(schema));
         }
         openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.security.is_none() {
+                    add_auth_responses(&mut operation.responses);
+                }
+            }
+        }
+    }
+}
+
+fn add_auth_responses(responses: &mut Responses) {
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/problem+json", ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build())
+    };
+    let answers = [
+        ("401", problem("no API key, or an unknown, revoked or expired one").build()),
+        ("403", problem("the key's role or tenant does not allow this").build()),
+        (
+            "429",
+            problem("the key's rate limit is spent")
+                .header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                        .description(Some("seconds until a request is accepted again"))
+                        .build(),
+                )
+                .build(),
+        ),
+    ];
+    for (status, response) in answers {
+        responses.responses.entry(status.to_owned()).or_insert(RefOr::T(response));
     }
 }
 
@@ -130,6 +191,32 @@ fn named_schemas() -> Vec<(&'static str, Value)> {
                 "properties": {
                     "status": {"type": "string", "enum": ["ready"]},
                     "pending_jobs": {"type": "integer", "description": "ingest jobs queued or running"},
+                },
+            }),
+        ),
+        (
+            "KeyList",
+            json!({
+                "type": "object", "required": ["keys"],
+                "properties": {"keys": {"type": "array", "items": reference("KeyView")}},
+            }),
+        ),
+        (
+            "CreatedKey",
+            json!({
+                "allOf": [reference("KeyView"), {
+                    "type": "object", "required": ["key"],
+                    "properties": {"key": {"type": "string", "description": "the bearer token, `ragd_<id>_<secret>`; shown only here"}},
+                }],
+            }),
+        ),
+        (
+            "AuditList",
+            json!({
+                "type": "object", "required": ["entries", "next_before"],
+                "properties": {
+                    "entries": {"type": "array", "items": reference("AuditView")},
+                    "next_before": {"type": ["string", "null"], "description": "the `before` of the next page; null on the last"},
                 },
             }),
         ),
@@ -178,13 +265,14 @@ fn named_schemas() -> Vec<(&'static str, Value)> {
             "FileUpload",
             json!({
                 "type": "object",
-                "description": "Files (documents, or ZIP/tar archives of them); `text_field`, `title_field` and \
-                    `metadata` apply to the files after them. A `.csv` or `.jsonl` file is one document per row.",
+                "description": "Files (documents, or ZIP/tar archives of them); `text_field`, `title_field`, \
+                    `metadata` and `acl` apply to the files after them. A `.csv` or `.jsonl` file is one document per row.",
                 "properties": {
                     "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     "text_field": {"type": "string", "minLength": 1, "maxLength": 64, "description": "the column holding a row's text (default `text`)"},
                     "title_field": {"type": "string", "minLength": 1, "maxLength": 64, "description": "the column holding a row's title (default `title`)"},
                     "metadata": {"type": "string", "description": "a JSON object of metadata for the files"},
+                    "acl": {"type": "string", "description": "a JSON array of the principals (users, groups) who may see the files; absent: the whole tenant"},
                 },
             }),
         ),

@@ -36,7 +36,7 @@ pub struct RetrievalDefaults {
     pub candidates: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(deserialize_with = "ragd_core::numbers::whole")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10000)]
     pub rrf_k: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(deserialize_with = "ragd_core::numbers::whole")]
@@ -121,6 +121,18 @@ impl CollectionSettings {
         }
         if retrieval.candidates == Some(0) || retrieval.rrf_k == Some(0) {
             return Err(ApiError::invalid("settings.retrieval: candidates and rrf_k must be at least 1"));
+        }
+        if retrieval.rrf_k.is_some_and(|rrf_k| rrf_k > ragd_retrieve::MAX_RRF_K) {
+            return Err(ApiError::invalid(format!(
+                "settings.retrieval.rrf_k must be at most {}",
+                ragd_retrieve::MAX_RRF_K
+            )));
+        }
+        if retrieval.candidates.is_some_and(|candidates| candidates > ragd_retrieve::MAX_CANDIDATES) {
+            return Err(ApiError::invalid(format!(
+                "settings.retrieval.candidates must be at most {}",
+                ragd_retrieve::MAX_CANDIDATES
+            )));
         }
         if retrieval.neighbour_window.is_some_and(|window| window > MAX_NEIGHBOUR_WINDOW) {
             return Err(ApiError::invalid(format!(

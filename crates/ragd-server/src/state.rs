@@ -9,6 +9,8 @@ use ragd_retrieve::Retriever;
 use ragd_store::{BlobStore, Store};
 use serde::Deserialize;
 
+use crate::auth::Guard;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -26,6 +28,12 @@ pub struct ServerConfig {
     /// Most bytes one uploaded ZIP archive may expand to (a zip-bomb guard;
     /// each file is also bounded by `max_document_bytes`).
     pub max_archive_bytes: u64,
+    /// Most documents one NDJSON upload may add; further lines are
+    /// rejected. (Multipart uploads are bounded by `max_body_bytes` and
+    /// the archive limits.)
+    pub max_batch_documents: usize,
+    /// Largest `top_k` a search, query or chat may ask for.
+    pub max_top_k: usize,
 }
 
 impl Default for ServerConfig {
@@ -37,7 +45,41 @@ impl Default for ServerConfig {
             max_page_size: 500,
             max_archive_files: 10_000,
             max_archive_bytes: 1024 * 1024 * 1024,
+            max_batch_documents: 100_000,
+            max_top_k: 100,
         }
+    }
+}
+
+/// Who may call the API, and how often.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// An operator admin key set by configuration (`RAGD_ADMIN_KEY` or
+    /// `RAGD_AUTH__ADMIN_KEY`); empty: none, and the first start makes one
+    /// in the database and prints it.
+    pub admin_key: String,
+    /// Requests per second each key may make, on average; 0 turns rate
+    /// limiting off.
+    pub rate_limit_per_second: u32,
+    /// Requests a key may make at once before the rate applies.
+    pub rate_limit_burst: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { admin_key: String::new(), rate_limit_per_second: 50, rate_limit_burst: 100 }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let admin_key = if self.admin_key.is_empty() { "<unset>" } else { "<redacted>" };
+        f.debug_struct("AuthConfig")
+            .field("admin_key", &admin_key)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .finish()
     }
 }
 
@@ -72,20 +114,25 @@ pub struct AppParts {
     pub dimensions: usize,
     pub server: ServerConfig,
     pub answer: AnswerConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Clone)]
-pub struct AppState(pub(crate) Arc<AppParts>);
+pub struct AppState {
+    parts: Arc<AppParts>,
+    pub(crate) guard: Arc<Guard>,
+}
 
 impl AppState {
     pub fn new(parts: AppParts) -> Self {
-        Self(Arc::new(parts))
+        let guard = Arc::new(Guard::new(&parts.auth));
+        Self { parts: Arc::new(parts), guard }
     }
 }
 
 impl std::ops::Deref for AppState {
     type Target = AppParts;
     fn deref(&self) -> &AppParts {
-        &self.0
+        &self.parts
     }
 }

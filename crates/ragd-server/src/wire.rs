@@ -1,7 +1,9 @@
 //! Wire types: the JSON shapes of the API, converted from engine types here.
 
 use ragd_core::IndexHit;
-use ragd_store::{AddOutcome, BatchRecord, CollectionRecord, DocumentRecord, StatusCounts};
+use ragd_store::{
+    AddOutcome, AuditRecord, BatchRecord, CollectionRecord, DocumentRecord, KeyRecord, StatusCounts,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -32,8 +34,10 @@ pub struct CollectionStats {
     /// Chunks of ready documents, as recorded by ingestion.
     pub chunk_count: i64,
     /// Points in the vector index; equals `chunk_count` once no document is
-    /// being processed.
-    pub point_count: u64,
+    /// being processed. Only for callers that see every document, as it
+    /// counts the chunks of documents with an ACL too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point_count: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -274,6 +278,65 @@ impl HitView {
             text: p.text.clone(),
             metadata: p.metadata.clone(),
             scores: ScoresView { fused: hit.score, dense: hit.dense_score, sparse: hit.sparse_score },
+        }
+    }
+}
+
+/// An API key without its secret.
+#[derive(Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub role: &'static str,
+    /// `None` for an operator key.
+    pub tenant: Option<String>,
+    pub on_behalf_of: bool,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+impl From<&KeyRecord> for KeyView {
+    fn from(k: &KeyRecord) -> Self {
+        Self {
+            id: k.id.to_string(),
+            name: k.name.clone(),
+            role: k.role.as_str(),
+            tenant: k.tenant.as_ref().map(ToString::to_string),
+            on_behalf_of: k.on_behalf_of,
+            created_at: timestamp(k.created_at),
+            expires_at: k.expires_at.map(timestamp),
+            revoked_at: k.revoked_at.map(timestamp),
+        }
+    }
+}
+
+/// Who did what: one write or admin action.
+#[derive(Serialize, ToSchema)]
+pub struct AuditView {
+    pub id: String,
+    pub at: String,
+    /// `admin` for the configured admin key, `None` for the command line.
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub status: i64,
+}
+
+impl From<&AuditRecord> for AuditView {
+    fn from(a: &AuditRecord) -> Self {
+        let e = &a.entry;
+        Self {
+            id: a.id.clone(),
+            at: timestamp(a.at),
+            key_id: e.key_id.clone(),
+            tenant: e.tenant.as_ref().map(ToString::to_string),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            outcome: e.outcome.clone(),
+            status: e.status,
         }
     }
 }

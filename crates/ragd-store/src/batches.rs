@@ -1,7 +1,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ragd_core::{CollectionId, TenantId};
+use ragd_core::{CollectionId, TenantId, Visibility};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
@@ -139,9 +139,10 @@ impl Store {
     }
 
     /// The statuses of the documents whose current version the batch
-    /// queued (a document re-uploaded by a later batch counts there).
+    /// queued (a document re-uploaded by a later batch counts there) and
+    /// that `visibility` allows.
     #[tracing::instrument(name = "store.batch_status_counts", skip_all, fields(batch = %id))]
-    pub async fn batch_status_counts(&self, id: BatchId) -> Result<StatusCounts> {
-        self.status_counts("batch_id", &id.to_string()).await
+    pub async fn batch_status_counts(&self, id: BatchId, visibility: &Visibility) -> Result<StatusCounts> {
+        self.status_counts("batch_id", &id.to_string(), visibility).await
     }
 }

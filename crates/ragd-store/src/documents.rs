@@ -1,4 +1,4 @@
-use ragd_core::{CollectionId, ContentHash, DocumentId, DocumentStatus, JobId, TenantId};
+use ragd_core::{CollectionId, ContentHash, DocumentId, DocumentStatus, JobId, TenantId, Visibility};
 use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -406,24 +406,67 @@ impl Store {
 
     /// Up to `limit` documents of the collection, oldest first (ids are
     /// time ordered), starting after the document `after` when given.
-    #[tracing::instrument(name = "store.list_documents", skip_all, fields(%collection, limit))]
     pub async fn list_documents(
         &self,
         collection: CollectionId,
         after: Option<DocumentId>,
         limit: u32,
     ) -> Result<Vec<DocumentRecord>> {
+        self.list_visible_documents(collection, after, limit, &Visibility::All).await
+    }
+
+    /// [`Store::list_documents`], keeping only what `visibility` allows; the
+    /// ACL is applied in the query, so pages stay full.
+    #[tracing::instrument(name = "store.list_documents", skip_all, fields(%collection, limit))]
+    pub async fn list_visible_documents(
+        &self,
+        collection: CollectionId,
+        after: Option<DocumentId>,
+        limit: u32,
+        visibility: &Visibility,
+    ) -> Result<Vec<DocumentRecord>> {
         let after_clause = if after.is_some() { "AND id > $3" } else { "" };
+        let (acl_clause, principals) =
+            self.visibility_clause(visibility, if after.is_some() { 4 } else { 3 });
         let sql = format!(
-            "SELECT {COLUMNS} FROM documents WHERE collection_id = $1 {after_clause} \
+            "SELECT {COLUMNS} FROM documents WHERE collection_id = $1 {after_clause} {acl_clause} \
              ORDER BY id LIMIT $2"
         );
         let mut query = sqlx::query(&sql).bind(collection.to_string()).bind(i64::from(limit));
         if let Some(after) = after {
             query = query.bind(after.to_string());
         }
+        for principal in principals {
+            query = query.bind(principal);
+        }
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(DocumentRecord::from_row).collect()
+    }
+
+    /// The condition (with a leading `AND`) keeping the documents that
+    /// `visibility` allows, numbering its placeholders from `first`, and the
+    /// values to bind to them. An ACL is stored as a JSON array, `[]` when
+    /// empty; reading its elements is the one part that differs by engine.
+    pub(crate) fn visibility_clause(&self, visibility: &Visibility, first: usize) -> (String, Vec<String>) {
+        match visibility {
+            Visibility::All => (String::new(), Vec::new()),
+            Visibility::Principals(principals) if principals.is_empty() => {
+                ("AND acl = '[]'".to_owned(), Vec::new())
+            }
+            Visibility::Principals(principals) => {
+                let list = placeholders(first, principals.len());
+                let elements = match self.backend {
+                    Backend::Sqlite => {
+                        format!("SELECT 1 FROM json_each(documents.acl) WHERE json_each.value IN ({list})")
+                    }
+                    Backend::Postgres => format!(
+                        "SELECT 1 FROM jsonb_array_elements_text(CAST(documents.acl AS jsonb)) \
+                         AS principal(name) WHERE principal.name IN ({list})"
+                    ),
+                };
+                (format!("AND (acl = '[]' OR EXISTS ({elements}))"), principals.clone())
+            }
+        }
     }
 
     /// Removes the document and cancels its unfinished jobs (a running
@@ -564,22 +607,41 @@ impl Store {
         found(updated, id)
     }
 
-    #[tracing::instrument(name = "store.document_status_counts", skip_all, fields(%collection))]
     pub async fn document_status_counts(&self, collection: CollectionId) -> Result<StatusCounts> {
-        self.status_counts("collection_id", &collection.to_string()).await
+        self.visible_document_counts(collection, &Visibility::All).await
+    }
+
+    /// [`Store::document_status_counts`] of the documents `visibility` allows.
+    #[tracing::instrument(name = "store.document_status_counts", skip_all, fields(%collection))]
+    pub async fn visible_document_counts(
+        &self,
+        collection: CollectionId,
+        visibility: &Visibility,
+    ) -> Result<StatusCounts> {
+        self.status_counts("collection_id", &collection.to_string(), visibility).await
     }
 
     /// Counts the documents whose `key` column (a trusted column name)
-    /// equals `value`.
-    pub(crate) async fn status_counts(&self, key: &str, value: &str) -> Result<StatusCounts> {
+    /// equals `value` and that `visibility` allows.
+    pub(crate) async fn status_counts(
+        &self,
+        key: &str,
+        value: &str,
+        visibility: &Visibility,
+    ) -> Result<StatusCounts> {
+        let (acl_clause, principals) = self.visibility_clause(visibility, 2);
         // SUM of a BIGINT is NUMERIC on PostgreSQL, which the Any driver
         // cannot decode: cast it back.
         let sql = format!(
             "SELECT status, COUNT(*) AS documents, \
              CAST(COALESCE(SUM(chunk_count), 0) AS BIGINT) AS chunks \
-             FROM documents WHERE {key} = $1 GROUP BY status"
+             FROM documents WHERE {key} = $1 {acl_clause} GROUP BY status"
         );
-        let rows = sqlx::query(&sql).bind(value).fetch_all(&self.pool).await?;
+        let mut query = sqlx::query(&sql).bind(value);
+        for principal in principals {
+            query = query.bind(principal);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         let mut counts = StatusCounts::default();
         for row in &rows {
             let documents: i64 = row.try_get("documents")?;

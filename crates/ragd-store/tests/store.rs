@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use ragd_core::{CollectionId, CollectionName, ContentHash, DocumentId, DocumentStatus, TenantId};
+use ragd_core::{
+    CollectionId, CollectionName, ContentHash, DocumentId, DocumentStatus, TenantId, Visibility,
+};
 use ragd_store::{
     AddOutcome, Backend, BatchId, BlobStore, CollectionRecord, CollectionUpdate, DocumentRecord, Error,
-    IndexedVersion, JobControl, JobState, NewBatch, NewCollection, NewDocument, QueuePolicy, ReadyOutcome,
-    Store, StoreConfig, INGEST_JOB_KIND,
+    IndexedVersion, JobControl, JobState, KeyRejection, NewAuditEntry, NewBatch, NewCollection, NewDocument,
+    NewKey, QueuePolicy, ReadyOutcome, Role, Store, StoreConfig, INGEST_JOB_KIND,
 };
 use sqlx::{Connection, Executor};
 
@@ -125,6 +127,10 @@ on_both_engines!(
     running_job_reports_progress_metrics_logs_and_artifacts,
     cancelling_a_queued_job_ends_it_and_a_running_one_stops_it,
     cancelled_job_whose_worker_vanished_is_not_run_again,
+    keys_authenticate_until_revoked_or_expired,
+    keys_are_listed_and_revoked_per_tenant,
+    audit_entries_page_newest_first_per_tenant,
+    acl_visibility_filters_lists_and_counts,
 );
 
 fn tenant(name: &str) -> TenantId {
@@ -690,12 +696,12 @@ async fn batch_records_counts_and_tags_its_documents(store: Store) {
     store.mark_document_processing(ids[0]).await.expect("processing");
     store.mark_document_ready(ids[1], 1, 4).await.expect("ready");
     store.mark_document_failed(ids[2], "no text").await.expect("failed");
-    let counts = store.batch_status_counts(batch).await.expect("counts");
+    let counts = store.batch_status_counts(batch, &Visibility::All).await.expect("counts");
     assert_eq!(
         (counts.queued, counts.processing, counts.ready, counts.failed, counts.chunks),
         (0, 1, 1, 1, 4)
     );
-    assert_eq!(store.batch_status_counts(BatchId::new()).await.expect("counts").queued, 0);
+    assert_eq!(store.batch_status_counts(BatchId::new(), &Visibility::All).await.expect("counts").queued, 0);
 
     // Deleting the collection takes its batches along.
     store.delete_collection(&docs.tenant, docs.id).await.expect("delete");
@@ -1047,4 +1053,137 @@ async fn cancelled_job_whose_worker_vanished_is_not_run_again(store: Store) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(store.claim_job("b", &[TRAIN_KIND], LEASE).await.expect("claim").is_none());
     assert_eq!(store.get_job(job.id).await.expect("job").state, JobState::Cancelled);
+}
+
+fn new_key(tenant_name: Option<&str>, role: Role) -> NewKey {
+    NewKey {
+        tenant: tenant_name.map(tenant),
+        name: format!("{role} key"),
+        role,
+        on_behalf_of: role == Role::Read,
+        expires_at: None,
+    }
+}
+
+async fn keys_authenticate_until_revoked_or_expired(store: Store) {
+    assert_eq!(store.key_count().await.expect("count"), 0);
+    let (record, token) = store.create_key(&new_key(Some("acme"), Role::Read)).await.expect("key");
+    let key = token.expose();
+    assert!(key.starts_with(&format!("ragd_{}_", record.id)), "{key}");
+    assert!(!format!("{token:?}").contains(&key[40..]), "the secret leaks through Debug");
+    let found = store.authenticate(key).await.expect("authenticate").expect("valid");
+    assert_eq!(found, record);
+    assert!(found.on_behalf_of);
+
+    // A wrong secret, a wrong id, or no key at all.
+    let mut wrong = key.to_owned();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == '0' { '1' } else { '0' });
+    let other_id = format!("ragd_{}{}", "0".repeat(32), &key[37..]);
+    for bad in [wrong.as_str(), other_id.as_str(), "", "ragd_", "not a key"] {
+        let outcome = store.authenticate(bad).await.expect("authenticate");
+        assert_eq!(outcome, Err(KeyRejection::Invalid), "{bad:?}");
+    }
+
+    // Revoked keys and expired keys stop working.
+    store.revoke_key(record.id, None).await.expect("revoke");
+    assert_eq!(store.authenticate(key).await.expect("authenticate"), Err(KeyRejection::Revoked));
+    let expired = NewKey { expires_at: Some(1), ..new_key(None, Role::Admin) };
+    let (_, token) = store.create_key(&expired).await.expect("key");
+    let outcome = store.authenticate(token.expose()).await.expect("authenticate");
+    assert_eq!(outcome, Err(KeyRejection::Expired));
+    let later = NewKey { expires_at: Some(i64::MAX), ..new_key(None, Role::Admin) };
+    let (operator, token) = store.create_key(&later).await.expect("key");
+    let found = store.authenticate(token.expose()).await.expect("authenticate").expect("valid");
+    assert_eq!((found.tenant, found.role), (None, Role::Admin));
+    assert_eq!(found.id, operator.id);
+    assert_eq!(store.key_count().await.expect("count"), 3);
+}
+
+async fn keys_are_listed_and_revoked_per_tenant(store: Store) {
+    let (acme, _) = store.create_key(&new_key(Some("acme"), Role::Write)).await.expect("key");
+    let (globex, _) = store.create_key(&new_key(Some("globex"), Role::Admin)).await.expect("key");
+    let (operator, _) = store.create_key(&new_key(None, Role::Admin)).await.expect("key");
+    let ids = |keys: Vec<ragd_store::KeyRecord>| keys.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_keys(Some(&tenant("acme"))).await.expect("list")), [acme.id]);
+    assert_eq!(ids(store.list_keys(None).await.expect("list")), [acme.id, globex.id, operator.id]);
+
+    // A tenant cannot revoke another tenant's key, nor an operator key.
+    for id in [globex.id, operator.id] {
+        let outcome = store.revoke_key(id, Some(&tenant("acme"))).await;
+        assert!(matches!(outcome, Err(Error::NotFound(_))), "{outcome:?}");
+    }
+    let revoked = store.revoke_key(acme.id, Some(&tenant("acme"))).await.expect("revoke");
+    let first = revoked.revoked_at.expect("revoked");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = store.revoke_key(acme.id, None).await.expect("revoke again");
+    assert_eq!(again.revoked_at, Some(first), "revoking twice keeps the first time");
+}
+
+async fn audit_entries_page_newest_first_per_tenant(store: Store) {
+    let entry = |tenant_name: Option<&str>, action: &str| NewAuditEntry {
+        key_id: Some("k1".to_owned()),
+        tenant: tenant_name.map(tenant),
+        action: action.to_owned(),
+        target: "/v1/x".to_owned(),
+        outcome: "ok".to_owned(),
+        status: 201,
+    };
+    for (t, action) in [
+        (Some("acme"), "a1"),
+        (Some("globex"), "g1"),
+        (None, "o1"),
+        (Some("acme"), "a2"),
+        (Some("acme"), "a3"),
+    ] {
+        store.record_audit(&entry(t, action)).await.expect("record");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let actions = |records: &[ragd_store::AuditRecord]| {
+        records.iter().map(|r| r.entry.action.clone()).collect::<Vec<_>>()
+    };
+    let all = store.list_audit(None, None, 10).await.expect("list");
+    assert_eq!(actions(&all), ["a3", "a2", "o1", "g1", "a1"]);
+    assert_eq!(all[2].entry, entry(None, "o1"));
+    let acme = tenant("acme");
+    let page = store.list_audit(Some(&acme), None, 2).await.expect("list");
+    assert_eq!(actions(&page), ["a3", "a2"]);
+    let next = store.list_audit(Some(&acme), Some(&page[1].id), 2).await.expect("list");
+    assert_eq!(actions(&next), ["a1"]);
+    let next = store.list_audit(None, Some(&all[1].id), 2).await.expect("list");
+    assert_eq!(actions(&next), ["o1", "g1"]);
+}
+
+async fn acl_visibility_filters_lists_and_counts(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let batch = BatchId::new();
+    let with_acl = |text: &str, acl: &[&str]| NewDocument {
+        acl: acl.iter().map(|p| p.to_string()).collect(),
+        ..with_content(&docs, text, None)
+    };
+    let news =
+        [with_acl("public", &[]), with_acl("alice only", &["alice"]), with_acl("eng", &["eng", "ops"])];
+    store.insert_documents_with_jobs(Some(batch), &news).await.expect("insert");
+    let principals = |p: &[&str]| Visibility::Principals(p.iter().map(|s| s.to_string()).collect());
+    let cases = [
+        (Visibility::All, vec!["public", "alice only", "eng"]),
+        (Visibility::public(), vec!["public"]),
+        (principals(&["alice"]), vec!["public", "alice only"]),
+        (principals(&["bob", "ops"]), vec!["public", "eng"]),
+        (principals(&["alice", "eng"]), vec!["public", "alice only", "eng"]),
+        // Principals match whole entries, not parts of the JSON text.
+        (principals(&["ali", "\"alice\""]), vec!["public"]),
+    ];
+    for (visibility, expected) in cases {
+        let listed = store.list_visible_documents(docs.id, None, 10, &visibility).await.expect("list");
+        let titles: Vec<&str> = listed.iter().map(|d| d.title.as_str()).collect();
+        assert_eq!(titles, expected, "{visibility:?}");
+        let paged =
+            store.list_visible_documents(docs.id, Some(listed[0].id), 10, &visibility).await.expect("list");
+        assert_eq!(paged.len(), expected.len() - 1, "{visibility:?} after the first");
+        let counts = store.visible_document_counts(docs.id, &visibility).await.expect("counts");
+        assert_eq!(counts.queued as usize, expected.len(), "{visibility:?}");
+        let counts = store.batch_status_counts(batch, &visibility).await.expect("counts");
+        assert_eq!(counts.queued as usize, expected.len(), "{visibility:?}");
+    }
 }

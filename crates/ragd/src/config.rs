@@ -16,6 +16,7 @@ pub struct Config {
     /// Where all state lives: the SQLite file, blobs, index shards.
     pub data_dir: PathBuf,
     pub server: ragd_server::ServerConfig,
+    pub auth: ragd_server::AuthConfig,
     pub store: StoreSection,
     pub models: ModelsSection,
     pub embedding: EmbeddingSection,
@@ -34,6 +35,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("data"),
             server: Default::default(),
+            auth: Default::default(),
             store: Default::default(),
             models: Default::default(),
             embedding: Default::default(),
@@ -85,11 +87,19 @@ pub struct EmbeddingSection {
     pub batch_size: usize,
     /// ONNX Runtime intra-op threads; 0 lets it choose.
     pub threads: usize,
+    /// Keep ONNX Runtime's memory arena between calls (see `EmbedConfig`).
+    pub memory_arena: bool,
 }
 
 impl Default for EmbeddingSection {
     fn default() -> Self {
-        Self { model: "minilm-l6-onnx".into(), runtime: "onnxruntime".into(), batch_size: 32, threads: 0 }
+        Self {
+            model: "minilm-l6-onnx".into(),
+            runtime: "onnxruntime".into(),
+            batch_size: 32,
+            threads: 0,
+            memory_arena: false,
+        }
     }
 }
 
@@ -179,8 +189,20 @@ pub struct ServerOverrides {
 }
 
 const SECTIONS: &[&str] = &[
-    "data_dir", "server", "store", "models", "embedding", "sparse", "index", "chunking", "retrieval",
-    "generation", "answer", "jobs", "log",
+    "data_dir",
+    "server",
+    "auth",
+    "store",
+    "models",
+    "embedding",
+    "sparse",
+    "index",
+    "chunking",
+    "retrieval",
+    "generation",
+    "answer",
+    "jobs",
+    "log",
 ];
 
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
@@ -195,11 +217,15 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config
     // Only variables naming a config section are config; others such as
     // RAGD_ADMIN_KEY have their own meaning.
     let env = Env::prefixed("RAGD_").split("__").filter(|key| is_config_key(key.as_str()));
-    let config: Config = figment
+    let mut config: Config = figment
         .merge(env)
         .merge(Serialized::defaults(overrides))
         .extract()
         .context("invalid configuration")?;
+    // The short name of RAGD_AUTH__ADMIN_KEY, and like it above the file.
+    if let Some(key) = std::env::var("RAGD_ADMIN_KEY").ok().filter(|key| !key.is_empty()) {
+        config.auth.admin_key = key;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -211,6 +237,10 @@ pub fn is_config_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     SECTIONS.iter().any(|section| key == *section || key.starts_with(&format!("{section}.")))
 }
+
+/// A configured admin key is a password chosen by a person: it must at
+/// least be too long to guess.
+const MIN_ADMIN_KEY_BYTES: usize = 32;
 
 impl Config {
     fn validate(&self) -> anyhow::Result<()> {
@@ -225,6 +255,15 @@ impl Config {
         }
         if self.embedding.batch_size == 0 || self.jobs.embed_batch_size == 0 {
             bail!("batch sizes must be at least 1");
+        }
+        let admin_key = &self.auth.admin_key;
+        if !admin_key.is_empty()
+            && (admin_key.len() < MIN_ADMIN_KEY_BYTES || admin_key.chars().any(|c| !c.is_ascii_graphic()))
+        {
+            bail!("auth.admin_key (RAGD_ADMIN_KEY) must be at least {MIN_ADMIN_KEY_BYTES} printable ASCII characters without spaces");
+        }
+        if self.server.max_top_k == 0 || self.server.max_top_k > ragd_core::TopK::MAX {
+            bail!("server.max_top_k must be between 1 and {}", ragd_core::TopK::MAX);
         }
         Ok(())
     }

@@ -152,8 +152,24 @@ fn environment(service: &Mapping) -> BTreeMap<String, String> {
         .as_mapping()
         .expect("environment as a mapping")
         .iter()
-        .map(|(k, v)| (text(k), text(v)))
+        .map(|(k, v)| (text(k), unset_interpolation(&text(v))))
         .collect()
+}
+
+/// A value as compose interpolates it when the variables it names are not
+/// set: `${NAME:-default}` becomes `default`.
+fn unset_interpolation(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').map(|end| start + end).expect("closed ${...}");
+        let inner = &rest[start + 2..end];
+        out.push_str(inner.split_once(":-").map_or("", |(_, default)| default));
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Named volume -> mount path.

@@ -31,6 +31,9 @@ pub struct IngestArgs {
     /// Return after uploading, without waiting for ingestion.
     #[arg(long)]
     pub no_wait: bool,
+    /// An API key with the write role.
+    #[arg(long, env = "RAGD_API_KEY", hide_env_values = true)]
+    pub api_key: String,
 }
 
 fn files_under(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -76,7 +79,12 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     if files.is_empty() {
         bail!("no files under {}", args.path.display());
     }
-    let client = Client::new();
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut authorization = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", args.api_key))
+        .context("the API key holds characters a header cannot carry")?;
+    authorization.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, authorization);
+    let client = Client::builder().default_headers(headers).build()?;
     let base = args.server.trim_end_matches('/');
     let collection = format!("{base}/v1/collections/{}", args.collection);
     let response = client.get(&collection).send().await.with_context(|| format!("connecting to {base}"))?;

@@ -7,6 +7,7 @@ mod config;
 mod deploy_tests;
 mod eval;
 mod ingest;
+mod keys;
 mod serve;
 mod worker;
 
@@ -46,6 +47,8 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Measure performance: `ragd bench ingest`.
     Bench(bench::BenchArgs),
+    /// Create, list and revoke API keys, in the database directly.
+    Keys(keys::KeysArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +82,11 @@ fn main() -> anyhow::Result<()> {
             let config = config::load(cli.config.as_deref(), &overrides)?;
             serve::init_tracing(&config.log)?;
             runtime()?.block_on(bench::run(config, args))
+        }
+        Command::Keys(args) => {
+            let overrides = config::Overrides { data_dir: args.data_dir.clone(), server: None };
+            let config = config::load(cli.config.as_deref(), &overrides)?;
+            runtime()?.block_on(keys::run(config, args.command))
         }
     }
 }

@@ -56,7 +56,11 @@ impl Engines {
             registry.verify(&config.embedding.model)?;
             registry.verify(&config.embedding.runtime)?;
         }
-        let embed_config = ragd_embed::EmbedConfig { batch_size: config.embedding.batch_size, threads: config.embedding.threads };
+        let embed_config = ragd_embed::EmbedConfig {
+            batch_size: config.embedding.batch_size,
+            threads: config.embedding.threads,
+            memory_arena: config.embedding.memory_arena,
+        };
         let runtime_lib = runtime.file("libonnxruntime.so");
         let embedder = {
             let model = model.clone();
@@ -163,6 +167,7 @@ async fn generator(config: &Config, registry: &ModelRegistry) -> anyhow::Result<
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let engines = Engines::build(&config).await?;
+    crate::keys::bootstrap(&engines.store, &config.auth).await?;
     let generator = generator(&config, &engines.registry).await?;
 
     let shutdown = CancellationToken::new();
@@ -187,6 +192,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dimensions: engines.embedder.dimensions(),
         server: config.server.clone(),
         answer: config.answer.clone(),
+        auth: config.auth.clone(),
     });
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await

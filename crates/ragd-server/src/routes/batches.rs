@@ -1,11 +1,12 @@
 //! `/v1/batches/{batch}`: the progress of a bulk or multipart upload,
 //! counted from the current statuses of its documents.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use ragd_store::BatchId;
 
+use super::collections::VisibilityParams;
 use crate::error::ApiResult;
 use crate::error::Problem;
 use crate::extract::Caller;
@@ -23,9 +24,11 @@ pub(crate) async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(batch): Path<String>,
+    Query(params): Query<VisibilityParams>,
 ) -> ApiResult<Json<BatchView>> {
+    let visibility = params.visibility(&caller)?;
     let id: BatchId = batch.parse()?;
     let record = state.store.get_batch(&caller.tenant, id).await?;
-    let counts = state.store.batch_status_counts(record.id).await?;
+    let counts = state.store.batch_status_counts(record.id, &visibility).await?;
     Ok(Json(BatchView::new(&record, &counts)))
 }

@@ -1,18 +1,19 @@
 //! `/v1/collections`: create, list, get (with document, chunk and point
 //! counts), delete.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use ragd_core::{CollectionIndexSpec, CollectionName, TenantId};
-use ragd_store::{CollectionRecord, CollectionUpdate, NewCollection};
+use ragd_core::{CollectionIndexSpec, CollectionName, TenantId, Visibility};
+use ragd_store::{CollectionRecord, CollectionUpdate, NewCollection, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::error::Problem;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{AppJson, Caller};
+use crate::auth::AuditScope;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{AppJson, Caller, OnBehalfOf};
 use crate::settings::CollectionSettings;
 use crate::state::AppState;
 use crate::wire::{CollectionStats, CollectionView};
@@ -59,7 +60,8 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(body): AppJson<CreateCollection>,
-) -> ApiResult<(StatusCode, Json<CollectionView>)> {
+) -> ApiResult<Response> {
+    caller.require(Role::Write)?;
     let name = CollectionName::parse(&body.name)?;
     check_description(&body.description)?;
     let settings = match body.settings {
@@ -83,7 +85,11 @@ pub(crate) async fn create(
         let _ = state.store.delete_collection(&record.tenant, record.id).await;
         return Err(error.into());
     }
-    Ok((StatusCode::CREATED, Json(CollectionView::from(&record))))
+    let mut response = (StatusCode::CREATED, Json(CollectionView::from(&record))).into_response();
+    response
+        .extensions_mut()
+        .insert(AuditScope { target: format!("collection {}", record.id), tenant: Some(record.tenant) });
+    Ok(response)
 }
 
 fn check_description(description: &str) -> ApiResult<()> {
@@ -103,6 +109,7 @@ pub(crate) async fn update(
     Path(collection): Path<String>,
     AppJson(body): AppJson<UpdateCollection>,
 ) -> ApiResult<Json<CollectionView>> {
+    caller.require(Role::Write)?;
     let record = resolve(&state, &caller.tenant, &collection).await?;
     if let Some(description) = &body.description {
         check_description(description)?;
@@ -132,18 +139,38 @@ pub(crate) async fn list(State(state): State<AppState>, caller: Caller) -> ApiRe
     Ok(Json(json!({ "collections": views })))
 }
 
+/// `?on_behalf_of={"user", "groups"}` on GET routes that count or list
+/// documents.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisibilityParams {
+    pub on_behalf_of: Option<String>,
+}
+
+impl VisibilityParams {
+    pub fn visibility(&self, caller: &Caller) -> ApiResult<Visibility> {
+        caller.visibility(OnBehalfOf::from_query(self.on_behalf_of.as_deref())?.as_ref())
+    }
+}
+
 #[utoipa::path(get, path = "/v1/collections/{collection}", tag = "collections", params(("collection" = String, Path, description = "collection id or name")),
     responses((status = 200, description = "the collection with its counts in `stats`", body = CollectionView), (status = 404, description = "no such collection", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(collection): Path<String>,
+    Query(params): Query<VisibilityParams>,
 ) -> ApiResult<Json<CollectionView>> {
+    let visibility = params.visibility(&caller)?;
     let record = resolve(&state, &caller.tenant, &collection).await?;
-    let counts = state.store.document_status_counts(record.id).await?;
-    let points = state.index.count(record.id).await?;
+    let counts = state.store.visible_document_counts(record.id, &visibility).await?;
+    let point_count = match visibility {
+        Visibility::All => Some(state.index.count(record.id).await?),
+        Visibility::Principals(_) => None,
+    };
     let mut view = CollectionView::from(&record);
-    view.stats = Some(CollectionStats { documents: (&counts).into(), chunk_count: counts.chunks, point_count: points });
+    view.stats =
+        Some(CollectionStats { documents: (&counts).into(), chunk_count: counts.chunks, point_count });
     Ok(Json(view))
 }
 
@@ -154,6 +181,7 @@ pub(crate) async fn remove(
     caller: Caller,
     Path(collection): Path<String>,
 ) -> ApiResult<StatusCode> {
+    caller.require(Role::Write)?;
     let record = resolve(&state, &caller.tenant, &collection).await?;
     state.store.delete_collection(&caller.tenant, record.id).await?;
     state.index.drop_collection(record.id).await?;

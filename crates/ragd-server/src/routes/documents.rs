@@ -20,13 +20,13 @@ use axum::{Json, Router};
 use futures::{StreamExt, TryStreamExt};
 use ragd_core::{ContentHash, DocumentId, ErrorKind};
 use ragd_ingest::{ArchiveKind, ArchiveLimits, RowFields, Unpacked};
-use ragd_store::{AddOutcome, BatchId, CollectionRecord, DocumentRecord, NewBatch, NewDocument};
+use ragd_store::{AddOutcome, BatchId, CollectionRecord, DocumentRecord, NewBatch, NewDocument, Role};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::collections::resolve;
+use super::collections::{VisibilityParams, resolve};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{AppJson, Caller};
 use crate::state::AppState;
@@ -149,6 +149,7 @@ pub(crate) async fn add(
     Path(collection): Path<String>,
     request: Request,
 ) -> ApiResult<Response> {
+    caller.require(Role::Write)?;
     let collection = resolve(&state, &caller.tenant, &collection).await?;
     let content_type = request
         .headers()
@@ -303,6 +304,7 @@ async fn add_ndjson(state: &AppState, collection: &CollectionRecord, body: Body)
     let mut group = Group::new();
     let mut stream = body.into_data_stream();
     let mut seen = 0usize;
+    let mut documents = 0usize;
     loop {
         let (lines, last) = match stream.next().await {
             Some(Ok(chunk)) => (splitter.push(&chunk), false),
@@ -330,6 +332,14 @@ async fn add_ndjson(state: &AppState, collection: &CollectionRecord, body: Body)
                 }
             };
             if bytes.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            documents += 1;
+            if documents > state.server.max_batch_documents {
+                report.reject(
+                    line.number,
+                    format!("one upload takes at most {} documents", state.server.max_batch_documents),
+                );
                 continue;
             }
             let draft = parse_line(bytes).await.and_then(|body| {
@@ -537,6 +547,13 @@ async fn add_files(
                 .map_err(|e| ApiError::invalid(format!("the metadata field must be a JSON object: {e}")))?;
             continue;
         }
+        if name == "acl" {
+            let text = field.text().await.map_err(|e| ApiError::invalid(e.body_text()))?;
+            intake.acl = serde_json::from_str(&text).map_err(|e| {
+                ApiError::invalid(format!("the acl field must be a JSON array of principals: {e}"))
+            })?;
+            continue;
+        }
         if name == "text_field" || name == "title_field" {
             let value = field.text().await.map_err(|e| ApiError::invalid(e.body_text()))?;
             if value.is_empty() || value.len() > 64 {
@@ -693,6 +710,8 @@ struct FileIntake<'a> {
     outcomes: Vec<((), AddOutcome)>,
     rejected: Vec<Value>,
     metadata: Map<String, Value>,
+    /// From the `acl` form field: the principals of the files after it.
+    acl: Vec<String>,
     text_field: String,
     title_field: String,
 }
@@ -707,6 +726,7 @@ impl<'a> FileIntake<'a> {
             outcomes: Vec::new(),
             rejected: Vec::new(),
             metadata: Map::new(),
+            acl: Vec::new(),
             text_field: "text".to_owned(),
             title_field: "title".to_owned(),
         }
@@ -772,7 +792,7 @@ impl<'a> FileIntake<'a> {
             }
         };
         let title = file_name.as_deref().map(title_from_file_name).unwrap_or_default();
-        let fields = DocumentFields::parse(title, self.metadata.clone(), None, Vec::new())?;
+        let fields = DocumentFields::parse(title, self.metadata.clone(), None, self.acl.clone())?;
         self.push(Draft { fields, source_name: file_name, media_type: format.media_type(), bytes }).await
     }
 
@@ -891,6 +911,7 @@ pub(crate) struct ListParams {
         pattern = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
     )]
     after: Option<String>,
+    on_behalf_of: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/collections/{collection}/documents", tag = "documents", params(("collection" = String, Path, description = "collection id or name"), ListParams),
@@ -902,28 +923,36 @@ pub(crate) async fn list(
     Path(collection): Path<String>,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<Value>> {
+    let visibility = VisibilityParams { on_behalf_of: params.on_behalf_of }.visibility(&caller)?;
     let collection = resolve(&state, &caller.tenant, &collection).await?;
     let limit = params.limit.unwrap_or(50);
     if limit == 0 || limit > state.server.max_page_size {
         return Err(ApiError::invalid(format!("limit must be between 1 and {}", state.server.max_page_size)));
     }
     let after = params.after.as_deref().map(str::parse::<DocumentId>).transpose()?;
-    let documents = state.store.list_documents(collection.id, after, limit).await?;
-    let next_after =
-        (documents.len() == limit as usize).then(|| documents.last().map(|d| d.id.to_string())).flatten();
+    let documents = state.store.list_visible_documents(collection.id, after, limit, &visibility).await?;
+    let next_after = (documents.len() == limit as usize).then(|| documents.last().map(|d| d.id.to_string())).flatten();
     let views: Vec<DocumentView> = documents.iter().map(DocumentView::from).collect();
     Ok(Json(json!({"documents": views, "next_after": next_after})))
 }
 
+/// The document, if the caller may see it: one it may not is not found,
+/// exactly like one that does not exist.
 async fn find(
     state: &AppState,
     caller: &Caller,
+    params: &VisibilityParams,
     collection: &str,
     document: &str,
 ) -> ApiResult<DocumentRecord> {
+    let visibility = params.visibility(caller)?;
     let collection = resolve(state, &caller.tenant, collection).await?;
     let id: DocumentId = document.parse()?;
-    Ok(state.store.get_document(collection.id, id).await?)
+    let record = state.store.get_document(collection.id, id).await?;
+    if !visibility.allows(&record.acl) {
+        return Err(ApiError::new(ErrorKind::NotFound, format!("document {id} not found")));
+    }
+    Ok(record)
 }
 
 #[utoipa::path(get, path = "/v1/collections/{collection}/documents/{document}", tag = "documents", params(("collection" = String, Path, description = "collection id or name"), ("document" = String, Path, description = "document id", pattern = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")),
@@ -933,8 +962,9 @@ pub(crate) async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path((collection, document)): Path<(String, String)>,
+    Query(params): Query<VisibilityParams>,
 ) -> ApiResult<Json<DocumentView>> {
-    let record = find(&state, &caller, &collection, &document).await?;
+    let record = find(&state, &caller, &params, &collection, &document).await?;
     Ok(Json(DocumentView::from(&record)))
 }
 
@@ -944,8 +974,10 @@ pub(crate) async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path((collection, document)): Path<(String, String)>,
+    Query(params): Query<VisibilityParams>,
 ) -> ApiResult<StatusCode> {
-    let record = find(&state, &caller, &collection, &document).await?;
+    caller.require(Role::Write)?;
+    let record = find(&state, &caller, &params, &collection, &document).await?;
     state.store.delete_document(record.collection, record.id).await?;
     state.index.delete_document(record.collection, record.id, None).await?;
     Ok(StatusCode::NO_CONTENT)

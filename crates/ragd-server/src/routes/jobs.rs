@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ragd_core::JobId;
-use ragd_store::{JobMetric, JobRecord};
+use ragd_store::{JobMetric, JobRecord, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -107,6 +107,7 @@ pub(crate) async fn submit(
     caller: Caller,
     AppJson(body): AppJson<SubmitJob>,
 ) -> ApiResult<Response> {
+    caller.require(Role::Write)?;
     let payload = ragd_jobs::validate_submission(&body.kind, body.params)?;
     let job = state.store.submit_job(&caller.tenant, &body.kind, &payload).await?;
     state.workers.job_queued();
@@ -181,6 +182,7 @@ pub(crate) async fn cancel(
     caller: Caller,
     Path(job): Path<String>,
 ) -> ApiResult<Response> {
+    caller.require(Role::Write)?;
     let id: JobId = job.parse()?;
     let job = state.store.request_job_cancel(&caller.tenant, id).await?;
     tracing::info!(job = %job.id, status = %job.state, "job cancel requested");

@@ -29,7 +29,7 @@ use tracing::Instrument;
 use super::collections::resolve;
 use super::search::{ModeParam, SearchBody};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{AppJson, Caller};
+use crate::extract::{AppJson, Caller, OnBehalfOf};
 use crate::rag::{self, Prepared, RagRequest, Sampling};
 use crate::state::AppState;
 
@@ -73,6 +73,9 @@ pub(crate) struct ChatBody {
     #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
     #[schema(minimum = 1, maximum = 1)]
     n: Option<u32>,
+    /// ragd's own: the end user to answer for, as in `/query`.
+    #[serde(default)]
+    on_behalf_of: Option<OnBehalfOf>,
     // Accepted because common clients send them by default; they do not
     // change the answer. Anything else unsupported (tools, stop,
     // response_format) is rejected rather than silently ignored.
@@ -168,6 +171,7 @@ struct ChatRequest {
     stream: bool,
     include_usage: bool,
     sampling: Sampling,
+    on_behalf_of: Option<OnBehalfOf>,
 }
 
 impl ChatRequest {
@@ -184,6 +188,7 @@ impl ChatRequest {
             stream: body.stream.unwrap_or(false),
             include_usage: body.stream_options.is_some_and(|o| o.include_usage),
             sampling,
+            on_behalf_of: body.on_behalf_of,
         })
     }
 }
@@ -243,8 +248,14 @@ pub(crate) async fn chat_completions(
     AppJson(body): AppJson<ChatBody>,
 ) -> ApiResult<Response> {
     let request = ChatRequest::parse(&state, body)?;
+    // Checked before any model is chosen, so a key that may not act for
+    // users is refused whichever model it names.
+    caller.visibility(request.on_behalf_of.as_ref())?;
     let pending = match target(&state, &caller, &request.model).await? {
-        Target::Grounded(collection) => grounded(&state, &caller, &collection, request.messages, request.sampling).await?,
+        Target::Grounded(collection) => {
+            grounded(&state, &caller, &collection, request.messages, request.sampling, request.on_behalf_of)
+                .await?
+        }
         Target::Chat => plain(&state, request.messages, request.sampling).await?,
     };
     let head = Head {
@@ -265,6 +276,7 @@ async fn grounded(
     collection: &CollectionRecord,
     messages: Vec<ChatMessage>,
     sampling: Sampling,
+    on_behalf_of: Option<OnBehalfOf>,
 ) -> ApiResult<Pending> {
     let Some((question, earlier)) = messages.split_last() else {
         return Err(ApiError::invalid("messages must not be empty"));
@@ -293,6 +305,7 @@ async fn grounded(
             filter: Value::Null,
             candidates: None,
             rrf_k: None,
+            on_behalf_of,
         },
         history: &history,
         instructions: &instructions,

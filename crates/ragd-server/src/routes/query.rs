@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::search::{ModeParam, SearchBody};
 use crate::error::{ApiResult, Problem};
-use crate::extract::{AppJson, Caller};
+use crate::extract::{AppJson, Caller, OnBehalfOf};
 use crate::rag::{self, Prepared, RagRequest, Sampling};
 use crate::state::AppState;
 use crate::wire::HitView;
@@ -46,7 +46,7 @@ pub(crate) struct QueryBody {
     #[schema(minimum = 1, maximum = 2000)]
     candidates: Option<usize>,
     #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10000)]
     rrf_k: Option<u32>,
     #[serde(default)]
     stream: bool,
@@ -59,6 +59,8 @@ pub(crate) struct QueryBody {
     #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
     #[schema(maximum = 5)]
     neighbour_window: Option<u32>,
+    #[serde(default)]
+    on_behalf_of: Option<OnBehalfOf>,
 }
 
 #[utoipa::path(post, path = "/v1/collections/{collection}/query", tag = "query", params(("collection" = String, Path, description = "collection id or name")), request_body = QueryBody,
@@ -83,6 +85,7 @@ pub(crate) async fn query(
             filter: body.filter,
             candidates: body.candidates,
             rrf_k: body.rrf_k,
+            on_behalf_of: body.on_behalf_of,
         },
         history: &[],
         instructions: "",

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::collections::resolve;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{AppJson, Caller};
+use crate::extract::{AppJson, Caller, OnBehalfOf};
 use crate::settings::CollectionSettings;
 use crate::state::AppState;
 use crate::wire::HitView;
@@ -62,24 +62,39 @@ pub struct SearchBody {
     pub candidates: Option<usize>,
     /// The `k` of reciprocal rank fusion in hybrid mode.
     #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10000)]
     pub rrf_k: Option<u32>,
+    /// The end user to search for: only documents they may see match.
+    #[serde(default)]
+    pub on_behalf_of: Option<OnBehalfOf>,
 }
 
 impl SearchBody {
-    pub async fn retrieve(&self, state: &AppState, caller: &Caller, collection: &str, default_top_k: usize) -> ApiResult<Retrieved> {
+    pub async fn retrieve(
+        &self,
+        state: &AppState,
+        caller: &Caller,
+        collection: &str,
+        default_top_k: usize,
+    ) -> ApiResult<Retrieved> {
+        let visibility = caller.visibility(self.on_behalf_of.as_ref())?;
         let collection = resolve(state, &caller.tenant, collection).await?;
         let defaults = CollectionSettings::of(&collection)?.retrieval;
+        let top_k = self.top_k.or(defaults.top_k).unwrap_or(default_top_k.min(state.server.max_top_k));
+        if top_k > state.server.max_top_k {
+            return Err(ApiError::invalid(format!("top_k must be at most {}", state.server.max_top_k)));
+        }
         let request = SearchRequest {
             tenant: caller.tenant.clone(),
             collection: collection.id,
             query: self.query.clone(),
-            top_k: TopK::new(self.top_k.or(defaults.top_k).unwrap_or(default_top_k))?,
+            top_k: TopK::new(top_k)?,
             mode: self.mode.into(),
             filter: Filter::from_json(&self.filter)?,
             candidates: self.candidates.or(defaults.candidates),
             rrf_k: self.rrf_k.or(defaults.rrf_k),
-            principals: None,
+            // Applied inside the index query, with the tenant and filter.
+            principals: visibility.index_principals(),
         };
         Ok(state.retriever.search(request).await?)
     }
