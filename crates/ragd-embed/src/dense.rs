@@ -2,6 +2,7 @@
 //! ONNX Runtime, mean pooled and L2 normalised.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -37,7 +38,8 @@ impl Default for EmbedConfig {
 pub struct OnnxEmbedder {
     name: String,
     dimensions: usize,
-    batch_size: usize,
+    /// Lowered after loading when the process has a memory budget.
+    batch_size: AtomicUsize,
     // fastembed's `embed` takes `&mut self`; ONNX Runtime already uses every
     // configured thread per call, so serialising calls costs no throughput.
     model: Mutex<TextEmbedding>,
@@ -117,7 +119,7 @@ impl OnnxEmbedder {
         let embedder = Self {
             name: entry.name.clone(),
             dimensions,
-            batch_size: config.batch_size,
+            batch_size: AtomicUsize::new(config.batch_size),
             model: Mutex::new(text_embedding),
         };
         // A manifest that disagrees with the model would otherwise surface
@@ -135,6 +137,16 @@ impl OnnxEmbedder {
         Ok(embedder)
     }
 
+    pub fn batch_size(&self) -> usize {
+        self.batch_size.load(Ordering::Relaxed)
+    }
+
+    /// Runs at most `max` texts per ONNX Runtime call from now on: its
+    /// working memory grows with the texts in one call.
+    pub fn limit_batch_size(&self, max: usize) {
+        self.batch_size.fetch_min(max.max(1), Ordering::Relaxed);
+    }
+
     fn run<S: AsRef<str> + Send + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
@@ -143,7 +155,7 @@ impl OnnxEmbedder {
             .model
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .embed(texts, Some(self.batch_size))
+            .embed(texts, Some(self.batch_size()))
             .map_err(|err| Error::Runtime(format!("embedding with {:?}: {err}", self.name)))?;
         if vectors.len() != texts.len() {
             return Err(Error::Runtime(format!(

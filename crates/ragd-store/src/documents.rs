@@ -683,8 +683,10 @@ async fn find_match(conn: &mut AnyConnection, new: &NewDocument) -> Result<Match
             .await?;
         if let Some(row) = row {
             let existing = DocumentRecord::from_row(&row)?;
-            // Uploading a failed document again retries it, even unchanged.
+            // Uploading a failed document again retries it, even unchanged;
+            // new permissions are a new version like new content.
             if existing.content_hash == new.content_hash
+                && existing.acl == new.acl
                 && existing.status != DocumentStatus::Failed
             {
                 return Ok(Match::Duplicate(Box::new(existing)));
@@ -692,14 +694,18 @@ async fn find_match(conn: &mut AnyConnection, new: &NewDocument) -> Result<Match
             return Ok(Match::NextVersion(existing.id));
         }
     }
+    // Only a document with the same permissions is the same document: one
+    // under another ACL must not be answered with (and so shown to a
+    // caller who may not see it).
     let sql = format!(
         "SELECT {COLUMNS} FROM documents WHERE collection_id = $1 AND content_hash = $2 \
-         AND status <> $3 ORDER BY id LIMIT 1"
+         AND status <> $3 AND acl = $4 ORDER BY id LIMIT 1"
     );
     let row = sqlx::query(&sql)
         .bind(new.collection.to_string())
         .bind(new.content_hash.as_str())
         .bind(DocumentStatus::Failed.as_str())
+        .bind(serde_json::json!(new.acl).to_string())
         .fetch_optional(&mut *conn)
         .await?;
     match row {

@@ -123,6 +123,7 @@ on_both_engines!(
     new_version_waits_for_the_running_job_of_its_document,
     a_failed_group_adds_nothing,
     concurrent_uploads_of_the_same_content_create_one_document,
+    the_same_content_under_another_acl_is_another_document,
     submitted_jobs_are_listed_per_tenant_in_pages,
     running_job_reports_progress_metrics_logs_and_artifacts,
     cancelling_a_queued_job_ends_it_and_a_running_one_stops_it,
@@ -1186,4 +1187,27 @@ async fn acl_visibility_filters_lists_and_counts(store: Store) {
         let counts = store.batch_status_counts(batch, &visibility).await.expect("counts");
         assert_eq!(counts.queued as usize, expected.len(), "{visibility:?}");
     }
+}
+
+async fn the_same_content_under_another_acl_is_another_document(store: Store) {
+    let docs = collection(&store, "docs").await;
+    let mut secret = with_content(&docs, "the same words", None);
+    secret.acl = vec!["alice".to_owned()];
+    let mut open = with_content(&docs, "the same words", None);
+    open.acl = Vec::new();
+    let outcomes = store.insert_documents_with_jobs(None, &[secret.clone()]).await.expect("insert");
+    let (first, _) = created(&outcomes[0]);
+    let outcomes = store.insert_documents_with_jobs(None, &[open]).await.expect("insert");
+    assert_ne!(created(&outcomes[0]).0.id, first.id);
+    secret.id = DocumentId::new();
+    let outcomes = store.insert_documents_with_jobs(None, &[secret]).await.expect("insert");
+    assert!(matches!(&outcomes[0], AddOutcome::Duplicate(existing) if existing.id == first.id), "{outcomes:?}");
+
+    // With an external id, new permissions make a new version.
+    let mut versioned = with_content(&docs, "versioned words", Some("v"));
+    store.insert_documents_with_jobs(None, &[versioned.clone()]).await.expect("insert");
+    versioned.id = DocumentId::new();
+    versioned.acl = vec!["hr".to_owned()];
+    let outcomes = store.insert_documents_with_jobs(None, &[versioned]).await.expect("insert");
+    assert!(matches!(&outcomes[0], AddOutcome::NewVersion { record, .. } if record.version == 2), "{outcomes:?}");
 }

@@ -27,6 +27,7 @@ pub struct Config {
     pub generation: GenerationSection,
     pub answer: ragd_server::AnswerConfig,
     pub jobs: ragd_jobs::JobsConfig,
+    pub memory: crate::memory::MemorySection,
     pub log: LogSection,
 }
 
@@ -46,6 +47,7 @@ impl Default for Config {
             generation: Default::default(),
             answer: Default::default(),
             jobs: Default::default(),
+            memory: Default::default(),
             log: Default::default(),
         }
     }
@@ -190,6 +192,7 @@ pub struct ServerOverrides {
 
 const SECTIONS: &[&str] = &[
     "data_dir",
+    "memory",
     "server",
     "auth",
     "store",

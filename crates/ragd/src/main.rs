@@ -8,6 +8,7 @@ mod deploy_tests;
 mod eval;
 mod ingest;
 mod keys;
+mod memory;
 mod serve;
 mod worker;
 

@@ -36,6 +36,9 @@ pub struct Engines {
     pub blobs: BlobStore,
     pub index: Arc<dyn VectorIndex>,
     pub embedder: Arc<dyn Embedder>,
+    /// The embedder as itself, for what the trait does not cover (the
+    /// memory budget's batch limit).
+    pub dense: Arc<OnnxEmbedder>,
     pub sparse: Arc<dyn SparseEncoder>,
     pub chunker: Arc<Chunker>,
     pub registry: ModelRegistry,
@@ -62,9 +65,12 @@ impl Engines {
             memory_arena: config.embedding.memory_arena,
         };
         let runtime_lib = runtime.file("libonnxruntime.so");
-        let embedder = {
+        let dense = {
             let model = model.clone();
-            tokio::task::spawn_blocking(move || OnnxEmbedder::load(&model, &runtime_lib, &embed_config)).await??
+            Arc::new(
+                tokio::task::spawn_blocking(move || OnnxEmbedder::load(&model, &runtime_lib, &embed_config))
+                    .await??,
+            )
         };
         let chunker = Chunker::from_tokenizer_file(&model.file("tokenizer.json"), config.chunking.clone())?;
         tracing::info!(model = %config.embedding.model, elapsed_ms = started.elapsed().as_millis() as u64, "embedder loaded");
@@ -86,7 +92,8 @@ impl Engines {
             store,
             blobs,
             index,
-            embedder: Arc::new(embedder),
+            embedder: dense.clone(),
+            dense,
             sparse: Arc::new(sparse),
             chunker: Arc::new(chunker),
             registry,
@@ -169,6 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engines = Engines::build(&config).await?;
     crate::keys::bootstrap(&engines.store, &config.auth).await?;
     let generator = generator(&config, &engines.registry).await?;
+    crate::memory::fit(&config, &engines.dense)?;
 
     let shutdown = CancellationToken::new();
     let workers = WorkerHandle::default();

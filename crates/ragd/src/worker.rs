@@ -50,6 +50,7 @@ pub async fn run(config: Config, args: WorkerArgs) -> anyhow::Result<()> {
         bail!(EDGE_IS_PRIVATE);
     }
     let engines = Engines::build(&config).await?;
+    crate::memory::fit(&config, &engines.dense)?;
     let listener = match &args.listen {
         Some(listen) => {
             let listener =

@@ -1,0 +1,133 @@
+//! The process memory budget (`[memory]`). Everything ragd holds is bounded
+//! by configuration (one document per worker, upload groups, the prompt);
+//! the one large term that depends on a throughput setting is ONNX Runtime's
+//! working memory for one embedder call, which grows with the texts in the
+//! call. So once the engines are loaded, the embedder's batch is sized to
+//! what is left of the budget, and a budget too small for even one text is
+//! refused at start rather than discovered by the OOM killer.
+
+use anyhow::{Context, bail};
+use ragd_embed::OnnxEmbedder;
+use serde::Deserialize;
+
+use crate::config::Config;
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemorySection {
+    /// Peak resident memory the process should stay under, in MiB; 0: no
+    /// budget (the embedder runs `embedding.batch_size` texts per call).
+    pub budget_mib: u64,
+    /// The embedder's working memory per text of its longest input.
+    pub per_text_mib: u64,
+    /// Held for uploads in flight and for generation.
+    pub reserve_mib: u64,
+}
+
+impl Default for MemorySection {
+    fn default() -> Self {
+        // 26 MiB: all-MiniLM-L6-v2 at 256 tokens on ONNX Runtime, measured
+        // (BENCHMARKS.md, Memory).
+        Self { budget_mib: 0, per_text_mib: 26, reserve_mib: 256 }
+    }
+}
+
+/// How the budget was shared out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub loaded_mib: u64,
+    pub documents_mib: u64,
+    pub batch_size: usize,
+}
+
+/// The embedder batch that keeps `loaded_mib` (what the process holds with
+/// every engine loaded) plus the working sets under the budget.
+pub fn plan(config: &Config, loaded_mib: u64) -> anyhow::Result<Plan> {
+    let memory = &config.memory;
+    // A worker holds one document as bytes, as extracted text and as chunks.
+    let per_document = 3 * (config.server.max_document_bytes as u64).div_ceil(MIB);
+    let documents_mib = per_document * config.jobs.workers.max(1) as u64;
+    let fixed = loaded_mib + documents_mib + memory.reserve_mib;
+    let room = memory.budget_mib.saturating_sub(fixed);
+    let batch_size = (room / memory.per_text_mib.max(1)) as usize;
+    if batch_size == 0 {
+        bail!(
+            "memory.budget_mib = {} is too small: the loaded engines take {loaded_mib} MiB, {} worker(s) \
+             holding a document of up to server.max_document_bytes take {documents_mib} MiB, \
+             memory.reserve_mib is {}, and one embedder text needs memory.per_text_mib = {}; \
+             raise the budget or lower server.max_document_bytes or jobs.workers",
+            memory.budget_mib,
+            config.jobs.workers.max(1),
+            memory.reserve_mib,
+            memory.per_text_mib
+        );
+    }
+    Ok(Plan { loaded_mib, documents_mib, batch_size: batch_size.min(config.embedding.batch_size) })
+}
+
+/// Applies the budget to the loaded embedder; no budget, no change.
+pub fn fit(config: &Config, embedder: &OnnxEmbedder) -> anyhow::Result<()> {
+    if config.memory.budget_mib == 0 {
+        return Ok(());
+    }
+    let plan = plan(config, resident_mib()?)?;
+    if plan.batch_size < config.embedding.batch_size {
+        tracing::warn!(
+            budget_mib = config.memory.budget_mib,
+            loaded_mib = plan.loaded_mib,
+            documents_mib = plan.documents_mib,
+            from = config.embedding.batch_size,
+            to = plan.batch_size,
+            "embedding batch lowered to fit the memory budget"
+        );
+    } else {
+        tracing::info!(budget_mib = config.memory.budget_mib, loaded_mib = plan.loaded_mib, "memory budget fits");
+    }
+    embedder.limit_batch_size(plan.batch_size);
+    Ok(())
+}
+
+fn resident_mib() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+        .context("no VmRSS in /proc/self/status")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(budget_mib: u64) -> Config {
+        let mut config = Config::default();
+        config.memory.budget_mib = budget_mib;
+        config.server.max_document_bytes = 32 * MIB as usize;
+        config.jobs.workers = 1;
+        config
+    }
+
+    #[test]
+    fn the_batch_takes_what_the_budget_leaves() {
+        // 500 loaded + 96 for one 32 MiB document + 256 reserve = 852.
+        let fitted = plan(&config(852 + 8 * 26), 500).unwrap();
+        assert_eq!((fitted.documents_mib, fitted.batch_size), (96, 8));
+        assert_eq!(plan(&config(100_000), 500).unwrap().batch_size, 32, "never above embedding.batch_size");
+    }
+
+    #[test]
+    fn a_budget_without_room_for_one_text_is_refused() {
+        let error = plan(&config(852 + 25), 500).unwrap_err().to_string();
+        assert!(error.contains("memory.budget_mib = 877 is too small"), "{error}");
+    }
+
+    #[test]
+    fn the_process_knows_its_resident_memory() {
+        assert!(resident_mib().unwrap() > 0);
+    }
+}
