@@ -48,7 +48,7 @@ use crate::state::AppState;
         crate::routes::openai::show_model,
         crate::routes::openai::embeddings,
     ),
-    components(schemas(crate::error::Problem, crate::wire::BulkAddView, crate::wire::HitView, crate::wire::ScoresView)),
+    components(schemas(crate::error::Problem, crate::wire::BulkAddView, crate::wire::HitView, crate::wire::ScoresView, crate::wire::RerankView)),
     modifiers(&Described),
     tags(
         (name = "health", description = "liveness, readiness and this document, without authentication"),
@@ -163,13 +163,17 @@ fn named_schemas() -> Vec<(&'static str, Value)> {
         (
             "SearchResult",
             json!({
-                "type": "object", "required": ["mode", "hits", "timings"],
+                "type": "object", "required": ["mode", "hits", "rerank", "timings"],
                 "properties": {
                     "mode": reference("ModeParam"),
                     "hits": {"type": "array", "items": reference("HitView")},
+                    "rerank": reference("RerankView"),
                     "timings": {
-                        "type": "object", "required": ["encode_ms", "search_ms"],
-                        "properties": {"encode_ms": number, "search_ms": number},
+                        "type": "object", "required": ["encode_ms", "search_ms", "rerank_ms"],
+                        "properties": {
+                            "encode_ms": number, "search_ms": number,
+                            "rerank_ms": {"type": ["number", "null"], "description": "null when the rerank stage was skipped"},
+                        },
                     },
                 },
             }),
@@ -268,10 +272,11 @@ fn named_schemas() -> Vec<(&'static str, Value)> {
                     },
                     "timings": {
                         "type": "object",
-                        "required": ["encode_ms", "search_ms", "expand_ms", "generate_ms", "total_ms"],
+                        "required": ["encode_ms", "search_ms", "rerank_ms", "expand_ms", "generate_ms", "total_ms"],
                         "properties": {
-                            "encode_ms": number, "search_ms": number, "expand_ms": number,
-                            "generate_ms": number, "total_ms": number,
+                            "encode_ms": number, "search_ms": number,
+                            "rerank_ms": {"type": ["number", "null"], "description": "null when the rerank stage was skipped"},
+                            "expand_ms": number, "generate_ms": number, "total_ms": number,
                         },
                     },
                 },

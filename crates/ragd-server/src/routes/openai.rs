@@ -293,6 +293,7 @@ async fn grounded(
             filter: Value::Null,
             candidates: None,
             rrf_k: None,
+            rerank: None,
         },
         history: &history,
         instructions: &instructions,

@@ -14,7 +14,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{AppJson, Caller};
 use crate::settings::CollectionSettings;
 use crate::state::AppState;
-use crate::wire::HitView;
+use crate::wire::{HitView, RerankView};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/collections/{collection}/search", post(search))
@@ -64,6 +64,10 @@ pub struct SearchBody {
     #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
     #[schema(minimum = 1)]
     pub rrf_k: Option<u32>,
+    /// Rerank the top hits with the configured reranker (the default when
+    /// one is configured); `false` skips it, `true` without one is a 400.
+    #[serde(default)]
+    pub rerank: Option<bool>,
 }
 
 impl SearchBody {
@@ -80,6 +84,7 @@ impl SearchBody {
             candidates: self.candidates.or(defaults.candidates),
             rrf_k: self.rrf_k.or(defaults.rrf_k),
             principals: None,
+            reranker: defaults.reranker(state.retriever.config().reranker.as_deref(), self.rerank)?,
         };
         Ok(state.retriever.search(request).await?)
     }
@@ -104,6 +109,11 @@ pub(crate) async fn search(
     Ok(Json(json!({
         "mode": body.mode,
         "hits": hits,
-        "timings": {"encode_ms": retrieved.timings.encode_ms, "search_ms": retrieved.timings.search_ms},
+        "rerank": RerankView::new(&retrieved, body.rerank),
+        "timings": {
+            "encode_ms": retrieved.timings.encode_ms,
+            "search_ms": retrieved.timings.search_ms,
+            "rerank_ms": retrieved.timings.rerank_ms,
+        },
     })))
 }
