@@ -16,6 +16,7 @@ mod jobs;
 mod openai;
 mod openapi;
 mod query;
+mod rerank;
 mod search;
 mod security;
 mod settings;

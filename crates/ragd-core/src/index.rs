@@ -81,6 +81,9 @@ pub struct IndexHit {
     pub dense_score: Option<f32>,
     /// BM25 score, when the sparse branch scored the hit.
     pub sparse_score: Option<f32>,
+    /// The reranker's score, when a reranker ordered the hit; set by the
+    /// query pipeline, never by the index.
+    pub rerank_score: Option<f32>,
     pub payload: ChunkPayload,
 }
 

@@ -23,4 +23,4 @@ pub use index::{
     ChunkPayload, CollectionIndexSpec, HybridQuery, IndexHit, IndexPoint, IndexSettings, Quantization,
     SearchMode, SparseVector, VectorIndex,
 };
-pub use model::{Chunk, DocumentStatus, Embedder, SparseEncoder};
+pub use model::{Chunk, DocumentStatus, Embedder, Reranker, RerankerSource, SparseEncoder};

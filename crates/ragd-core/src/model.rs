@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::index::SparseVector;
@@ -90,4 +91,19 @@ pub trait Embedder: Send + Sync {
 pub trait SparseEncoder: Send + Sync {
     fn encode_document(&self, text: &str) -> SparseVector;
     fn encode_query(&self, text: &str) -> SparseVector;
+}
+
+/// Scores how well passages answer a query by reading each pair together (a
+/// cross-encoder); higher is more relevant. Calls are CPU-bound and
+/// blocking: run them off the async threads.
+pub trait Reranker: Send + Sync {
+    fn model(&self) -> &str;
+    /// One score per passage, in the passages' order.
+    fn score(&self, query: &str, passages: &[&str]) -> Result<Vec<f32>>;
+}
+
+/// Rerankers by model name, loaded on first use (loading reads model files:
+/// blocking).
+pub trait RerankerSource: Send + Sync {
+    fn reranker(&self, name: &str) -> Result<Arc<dyn Reranker>>;
 }

@@ -27,6 +27,9 @@ pub enum Error {
 
     #[error("{0}")]
     Config(String),
+
+    #[error("model computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
 }
 
 impl From<Error> for ragd_core::Error {
@@ -41,7 +44,7 @@ impl From<Error> for ragd_core::Error {
             ),
             Error::UnknownModel { .. } => (ErrorKind::NotFound, err.to_string()),
             Error::Config(message) => (ErrorKind::InvalidInput, message.clone()),
-            Error::Io { .. } | Error::Runtime(_) => {
+            Error::Io { .. } | Error::Runtime(_) | Error::Candle(_) => {
                 (ErrorKind::Internal, "the embedding runtime failed".to_owned())
             }
         };

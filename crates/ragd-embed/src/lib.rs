@@ -1,18 +1,25 @@
-//! Turning text into vectors on this machine: the local model registry
-//! (`config/models.toml` and the files under the models directory), the
-//! dense embedder (ONNX Runtime through fastembed) and the sparse BM25
-//! encoder (Qdrant's text pipeline, CJK aware).
+//! Turning text into vectors and scores on this machine: the local model
+//! registry (`config/models.toml` and the files under the models directory),
+//! the dense embedder (ONNX Runtime through fastembed), the sparse BM25
+//! encoder (Qdrant's text pipeline, CJK aware), and the cross-encoder
+//! reranker (a BERT on candle, shared with `ragd-train`, which trains it).
 //!
 //! Invariant: no vector index, no storage, no HTTP. The ONNX Runtime library
 //! and the models directory are paths handed in by the caller; nothing here
 //! reads environment variables or config files other than the model files
 //! it is pointed at.
 
+pub mod bert;
+mod cross;
 mod dense;
 mod error;
 mod registry;
 mod sparse;
 
+pub use cross::{
+    load_tokenizer, read_bert_config, CrossEncoder, CrossEncoderModel, TrainedRerankers, CLASSIFIER_PREFIX,
+    CONFIG_FILE, ENCODER_PREFIX, MANIFEST_FILE, RERANKER_KIND, TOKENIZER_FILE, WEIGHTS_FILE,
+};
 pub use dense::{EmbedConfig, OnnxEmbedder};
 pub use error::{Error, Result};
 pub use registry::{ModelEntry, ModelFile, ModelManifest, ModelRegistry, ResolvedModel};

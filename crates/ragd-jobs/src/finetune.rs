@@ -13,11 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ragd_core::{ErrorKind, JobId};
+use ragd_retrieve::Retriever;
 use ragd_store::{JobControl, JobRecord, Store};
 use ragd_train::{Checkpoint, Event, FinetuneConfig, TrainingPair};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::reranker_job::{FinetuneRerankerParams, FINETUNE_RERANKER_KIND};
 use crate::{Error, Result};
 
 pub const FINETUNE_EMBEDDER_KIND: &str = "finetune-embedder";
@@ -78,32 +80,32 @@ pub struct DatasetParams {
     pub limit: Option<usize>,
 }
 
-fn default_base_model() -> String {
+pub(crate) fn default_base_model() -> String {
     "all-minilm-l6-v2".to_owned()
 }
-fn default_epochs() -> usize {
+pub(crate) fn default_epochs() -> usize {
     1
 }
 fn default_batch_size() -> usize {
     16
 }
-fn default_learning_rate() -> f64 {
+pub(crate) fn default_learning_rate() -> f64 {
     2e-5
 }
-fn default_max_seq_len() -> usize {
+pub(crate) fn default_max_seq_len() -> usize {
     128
 }
-fn default_seed() -> u64 {
+pub(crate) fn default_seed() -> u64 {
     42
 }
-fn default_validation_fraction() -> f64 {
+pub(crate) fn default_validation_fraction() -> f64 {
     0.1
 }
 fn default_split() -> String {
     "train".to_owned()
 }
 
-const MAX_INLINE_PAIRS: usize = 100_000;
+pub(crate) const MAX_INLINE_PAIRS: usize = 100_000;
 
 /// How often a running job looks for a cancel request between reports.
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -129,44 +131,69 @@ impl FinetuneEmbedderParams {
             return Err(format!("pairs[{n}]: query and positive must not be empty"));
         }
         if let Some(dataset) = &self.dataset {
-            let inside =
-                dataset.beir_dir.components().all(|part| matches!(part, std::path::Component::Normal(_)));
-            if !inside || dataset.beir_dir.as_os_str().is_empty() {
-                return Err(
-                    "dataset.beir_dir must be a relative path inside the server's datasets directory, \
-                            without '..'"
-                        .to_owned(),
-                );
-            }
-            if dataset.split.is_empty() || dataset.split.contains(['/', '\\']) || dataset.split.contains("..")
-            {
-                return Err("dataset.split must be a plain name such as \"train\"".to_owned());
-            }
-            if dataset.limit.is_some_and(|limit| limit < 2) {
-                return Err("dataset.limit must be at least 2".to_owned());
-            }
+            dataset.check()?;
         }
-        let ranges = [
-            ("epochs", (1..=100).contains(&self.epochs)),
-            ("batch_size", (2..=512).contains(&self.batch_size)),
-            ("max_seq_len", (8..=512).contains(&self.max_seq_len)),
-            ("learning_rate", self.learning_rate > 0.0 && self.learning_rate <= 0.1),
-            ("validation_fraction", (0.0..=0.5).contains(&self.validation_fraction)),
-        ];
-        match ranges.iter().find(|(_, ok)| !ok) {
-            Some(("epochs", _)) => Err("epochs must be between 1 and 100".to_owned()),
-            Some(("batch_size", _)) => Err("batch_size must be between 2 and 512".to_owned()),
-            Some(("max_seq_len", _)) => Err("max_seq_len must be between 8 and 512".to_owned()),
-            Some(("learning_rate", _)) => Err("learning_rate must be above 0 and at most 0.1".to_owned()),
-            Some(_) => Err("validation_fraction must be between 0 and 0.5".to_owned()),
-            None => Ok(()),
-        }
+        check_training_numbers(TrainingNumbers {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            min_batch_size: 2,
+            max_seq_len: self.max_seq_len,
+            learning_rate: self.learning_rate,
+            validation_fraction: self.validation_fraction,
+        })
     }
+}
+
+impl DatasetParams {
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        let inside = self.beir_dir.components().all(|part| matches!(part, std::path::Component::Normal(_)));
+        if !inside || self.beir_dir.as_os_str().is_empty() {
+            return Err("dataset.beir_dir must be a relative path inside the server's datasets directory, \
+                        without '..'"
+                .to_owned());
+        }
+        if self.split.is_empty() || self.split.contains(['/', '\\']) || self.split.contains("..") {
+            return Err("dataset.split must be a plain name such as \"train\"".to_owned());
+        }
+        if self.limit.is_some_and(|limit| limit < 2) {
+            return Err("dataset.limit must be at least 2".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The numbers every training job takes.
+pub(crate) struct TrainingNumbers {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub min_batch_size: usize,
+    pub max_seq_len: usize,
+    pub learning_rate: f64,
+    pub validation_fraction: f64,
+}
+
+pub(crate) fn check_training_numbers(n: TrainingNumbers) -> std::result::Result<(), String> {
+    if !(1..=100).contains(&n.epochs) {
+        return Err("epochs must be between 1 and 100".to_owned());
+    }
+    if !(n.min_batch_size..=512).contains(&n.batch_size) {
+        return Err(format!("batch_size must be between {} and 512", n.min_batch_size));
+    }
+    if !(8..=512).contains(&n.max_seq_len) {
+        return Err("max_seq_len must be between 8 and 512".to_owned());
+    }
+    if !(n.learning_rate > 0.0 && n.learning_rate <= 0.1) {
+        return Err("learning_rate must be above 0 and at most 0.1".to_owned());
+    }
+    if !(0.0..=0.5).contains(&n.validation_fraction) {
+        return Err("validation_fraction must be between 0 and 0.5".to_owned());
+    }
+    Ok(())
 }
 
 /// Model names are directory names: lowercase letters, digits, `.`, `_`
 /// and `-`, starting with a letter or digit.
-fn check_model_name(name: &str) -> std::result::Result<(), String> {
+pub fn check_model_name(name: &str) -> std::result::Result<(), String> {
     let valid = (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
@@ -182,35 +209,50 @@ fn check_model_name(name: &str) -> std::result::Result<(), String> {
 
 /// Checks a job posted through the API and returns the payload to store:
 /// the parameters with every default filled in.
+/// A `finetune-reranker` job's `collection` is still the caller's id or
+/// name here; the API resolves it for the caller's tenant.
 pub fn validate_submission(kind: &str, params: Value) -> ragd_core::Result<Value> {
+    fn checked<P: serde::de::DeserializeOwned + Serialize>(
+        params: Value,
+        check: fn(&P) -> std::result::Result<(), String>,
+    ) -> ragd_core::Result<Value> {
+        let params: P = serde_json::from_value(params)
+            .map_err(|e| ragd_core::Error::new(ErrorKind::Unprocessable, format!("params: {e}")))?;
+        check(&params).map_err(|reason| ragd_core::Error::new(ErrorKind::Unprocessable, reason))?;
+        serde_json::to_value(&params).map_err(|e| ragd_core::Error::with_source(ErrorKind::Internal, "job", e))
+    }
     match kind {
-        FINETUNE_EMBEDDER_KIND => {
-            let params: FinetuneEmbedderParams = serde_json::from_value(params)
-                .map_err(|e| ragd_core::Error::new(ErrorKind::Unprocessable, format!("params: {e}")))?;
-            params.check().map_err(|reason| ragd_core::Error::new(ErrorKind::Unprocessable, reason))?;
-            serde_json::to_value(&params)
-                .map_err(|e| ragd_core::Error::with_source(ErrorKind::Internal, "job", e))
-        }
+        FINETUNE_EMBEDDER_KIND => checked(params, FinetuneEmbedderParams::check),
+        FINETUNE_RERANKER_KIND => checked(params, FinetuneRerankerParams::check),
         other => Err(ragd_core::Error::invalid(format!(
-            "unknown job kind {other:?}; jobs that can be submitted: {FINETUNE_EMBEDDER_KIND}"
+            "unknown job kind {other:?}; jobs that can be submitted: {FINETUNE_EMBEDDER_KIND}, \
+             {FINETUNE_RERANKER_KIND}"
         ))),
     }
 }
 
 /// Where models live: the registry's files and the ones trained here.
 pub struct TrainingJobs {
-    store: Store,
+    pub(crate) store: Store,
     /// `models.dir`: base models laid out by `scripts/fetch-models`.
     registry_dir: PathBuf,
     /// `<data_dir>`: trained models go to `models/`, job scratch to `jobs/`.
     data_dir: PathBuf,
     /// `jobs.datasets_dir`: the root of every `dataset.beir_dir`.
-    datasets_dir: PathBuf,
+    pub(crate) datasets_dir: PathBuf,
+    /// Mines a reranker's hard negatives: what hybrid search ranks high.
+    pub(crate) retriever: Retriever,
 }
 
 impl TrainingJobs {
-    pub fn new(store: Store, registry_dir: PathBuf, data_dir: PathBuf, datasets_dir: PathBuf) -> Self {
-        Self { store, registry_dir, data_dir, datasets_dir }
+    pub fn new(
+        store: Store,
+        registry_dir: PathBuf,
+        data_dir: PathBuf,
+        datasets_dir: PathBuf,
+        retriever: Retriever,
+    ) -> Self {
+        Self { store, registry_dir, data_dir, datasets_dir, retriever }
     }
 
     /// Where trained models are registered.
@@ -218,11 +260,11 @@ impl TrainingJobs {
         self.data_dir.join("models")
     }
 
-    fn scratch_dir(&self, job: JobId) -> PathBuf {
+    pub(crate) fn scratch_dir(&self, job: JobId) -> PathBuf {
         self.data_dir.join("jobs").join(job.to_string())
     }
 
-    fn base_dir(&self, name: &str) -> Result<PathBuf> {
+    pub(crate) fn base_dir(&self, name: &str) -> Result<PathBuf> {
         [self.registry_dir.join(name), self.trained_models_dir().join(name)]
             .into_iter()
             .find(|dir| dir.join(ragd_train::WEIGHTS_FILE).is_file())
@@ -279,46 +321,10 @@ impl TrainingJobs {
             resume,
         };
 
-        let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let training = {
-            let (config, stop) = (config.clone(), stop.clone());
-            tokio::task::spawn_blocking(move || {
-                // A dropped receiver (the job was abandoned) stops the run too.
-                ragd_train::finetune(&config, &pairs, &stop, &mut |event| {
-                    if sender.send(event).is_err() {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
-            })
-        };
-        // Steps take seconds, so a cancel request is also looked for between
-        // them; the run stops before its next step.
-        let mut poll = tokio::time::interval(CANCEL_POLL);
-        loop {
-            let control = tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => self.record(job.id, worker, event).await?,
-                    None => break,
-                },
-                _ = poll.tick() => {
-                    if self.store.get_job(job.id).await?.cancel_requested { JobControl::Stop } else { JobControl::Continue }
-                }
-            };
-            if control == JobControl::Stop {
-                stop.store(true, Ordering::Relaxed);
-            }
-        }
-        let outcome = match training.await? {
-            Ok(outcome) => outcome,
-            Err(ragd_train::Error::Stopped) => {
-                self.store.append_job_log(job.id, "stopped at the owner's request").await?;
-                remove_dir(&scratch).await;
-                return Err(Error::Cancelled);
-            }
-            Err(other) => return Err(other.into()),
+        let outcome = {
+            let (config, pairs) = (config.clone(), pairs);
+            self.drive(job.id, worker, &scratch, move |stop, observe| ragd_train::finetune(&config, &pairs, stop, observe))
+                .await?
         };
 
         let manifest = json!({
@@ -341,10 +347,78 @@ impl TrainingJobs {
             },
             "validation": outcome.validation.map(|v| json!({"mrr": v.mrr, "recall_at_1": v.recall_at_1, "pairs": v.pairs})),
         });
-        let staged = config.output_dir.clone();
+        let files = [ragd_train::WEIGHTS_FILE, ragd_train::CONFIG_FILE, ragd_train::TOKENIZER_FILE];
+        self.register(job.id, worker, &name, &config.output_dir, &manifest, &files).await?;
+        remove_dir(&scratch).await;
+        Ok(())
+    }
+
+    /// Runs `train` off the async threads, stores each event it reports,
+    /// and stops it before its next step once the owner asks to cancel
+    /// (looked for between events, since steps take seconds). A stopped
+    /// run leaves no scratch behind and ends in [`Error::Cancelled`].
+    pub(crate) async fn drive<T, F>(&self, job: JobId, worker: &str, scratch: &Path, train: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&AtomicBool, &mut dyn FnMut(Event) -> ControlFlow<()>) -> ragd_train::Result<T> + Send + 'static,
+    {
+        let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let training = {
+            let stop = stop.clone();
+            tokio::task::spawn_blocking(move || {
+                // A dropped receiver (the job was abandoned) stops the run too.
+                train(stop.as_ref(), &mut |event| {
+                    if sender.send(event).is_err() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+            })
+        };
+        let mut poll = tokio::time::interval(CANCEL_POLL);
+        loop {
+            let control = tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.record(job, worker, event).await?,
+                    None => break,
+                },
+                _ = poll.tick() => {
+                    if self.store.get_job(job).await?.cancel_requested { JobControl::Stop } else { JobControl::Continue }
+                }
+            };
+            if control == JobControl::Stop {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+        match training.await? {
+            Ok(outcome) => Ok(outcome),
+            Err(ragd_train::Error::Stopped) => {
+                self.store.append_job_log(job, "stopped at the owner's request").await?;
+                remove_dir(scratch).await;
+                Err(Error::Cancelled)
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Writes `manifest` beside the staged model files, moves them to
+    /// `<data_dir>/models/<name>` and records the artifact.
+    pub(crate) async fn register(
+        &self,
+        job: JobId,
+        worker: &str,
+        name: &str,
+        staged: &Path,
+        manifest: &Value,
+        files: &[&str],
+    ) -> Result<()> {
+        let kind = manifest["kind"].as_str().unwrap_or_default();
+        let target = self.trained_models_dir().join(name);
         let published = {
-            let (staged, target) = (staged.clone(), target.clone());
-            let manifest = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+            let (staged, target) = (staged.to_owned(), target.clone());
+            let manifest = serde_json::to_vec_pretty(manifest).unwrap_or_default();
             tokio::task::spawn_blocking(move || publish(&staged, &target, &manifest)).await?
         };
         published.map_err(|e| {
@@ -355,24 +429,23 @@ impl TrainingJobs {
             };
             ragd_core::Error::with_source(kind, format!("registering model {name:?} failed"), e)
         })?;
+        let mut listed: Vec<&str> = files.to_vec();
+        listed.push("manifest.json");
         self.store
             .add_job_artifact(
-                job.id,
+                job,
                 worker,
                 json!({
                     "id": name,
-                    "kind": MODEL_KIND,
+                    "kind": kind,
                     "name": name,
                     "path": target.display().to_string(),
-                    "files": [ragd_train::WEIGHTS_FILE, ragd_train::CONFIG_FILE, ragd_train::TOKENIZER_FILE, "manifest.json"],
+                    "files": listed,
                 }),
             )
             .await?;
-        self.store.report_job_progress(job.id, worker, 1.0, &format!("registered model {name}"), &[]).await?;
-        self.store
-            .append_job_log(job.id, &format!("model {name} registered at {}", target.display()))
-            .await?;
-        remove_dir(&scratch).await;
+        self.store.report_job_progress(job, worker, 1.0, &format!("registered model {name}"), &[]).await?;
+        self.store.append_job_log(job, &format!("model {name} registered at {}", target.display())).await?;
         Ok(())
     }
 
@@ -416,7 +489,7 @@ impl TrainingJobs {
 }
 
 /// The checkpoint a previous attempt left, if its weights are still there.
-fn resume_point(job: &JobRecord) -> Option<Checkpoint> {
+pub(crate) fn resume_point(job: &JobRecord) -> Option<Checkpoint> {
     let checkpoint = job.checkpoint.as_ref()?;
     let epoch = usize::try_from(checkpoint.get("epoch")?.as_u64()?).ok()?;
     let weights = PathBuf::from(checkpoint.get("weights")?.as_str()?);
@@ -435,8 +508,26 @@ async fn load_pairs(params: &FinetuneEmbedderParams, datasets_dir: &Path) -> Res
             })
             .collect());
     };
+    Ok(judged_pairs(datasets_dir, dataset)
+        .await?
+        .into_iter()
+        .map(|judged| TrainingPair { query: judged.query, positive: judged.positive, negative: None })
+        .collect())
+}
+
+/// A query of a BEIR dataset and a document judged relevant to it.
+pub(crate) struct JudgedPair {
+    pub query: String,
+    /// The document's title and text.
+    pub positive: String,
+    pub document: String,
+}
+
+/// Every judged (query, document) of the dataset's split with a grade above
+/// 0, in query order, cut to the dataset's limit.
+pub(crate) async fn judged_pairs(datasets_dir: &Path, dataset: DatasetParams) -> Result<Vec<JudgedPair>> {
     let dir = datasets_dir.join(&dataset.beir_dir);
-    tokio::task::spawn_blocking(move || -> Result<Vec<TrainingPair>> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<JudgedPair>> {
         let beir = ragd_eval::beir::load(&dir, &dataset.split).map_err(ragd_core::Error::from)?;
         let passages: std::collections::HashMap<&str, String> = beir
             .corpus
@@ -449,10 +540,10 @@ async fn load_pairs(params: &FinetuneEmbedderParams, datasets_dir: &Path) -> Res
             judged.sort();
             for (doc, grade) in judged {
                 if let (true, Some(passage)) = (*grade > 0, passages.get(doc.as_str())) {
-                    pairs.push(TrainingPair {
+                    pairs.push(JudgedPair {
                         query: query.text.clone(),
                         positive: passage.clone(),
-                        negative: None,
+                        document: doc.clone(),
                     });
                 }
             }
@@ -488,7 +579,7 @@ fn publish(staged: &Path, target: &Path, manifest: &[u8]) -> std::io::Result<()>
     std::fs::rename(staged, target)
 }
 
-async fn remove_dir(dir: &Path) {
+pub(crate) async fn remove_dir(dir: &Path) {
     if let Err(error) = tokio::fs::remove_dir_all(dir).await {
         tracing::warn!(dir = %dir.display(), %error, "removing job scratch failed");
     }
@@ -535,6 +626,7 @@ mod tests {
             assert!(err.message().contains(expected), "{params}: {}", err.message());
         }
         let err = validate_submission("ingest", json!({})).expect_err("not submittable");
+        assert!(err.message().contains(FINETUNE_RERANKER_KIND), "{}", err.message());
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 }

@@ -1,8 +1,9 @@
 //! The durable job runner: workers claim jobs from the store's queue under a
 //! lease, keep the lease alive while they work, and record the outcome. The
 //! job kinds live here too: `ingest`, the pipeline that turns a stored
-//! upload into indexed chunks, and `finetune-embedder`, submitted through the
-//! job API, which trains an embedder with `ragd-train`.
+//! upload into indexed chunks, and, submitted through the job API,
+//! `finetune-embedder` and `finetune-reranker`, which train models with
+//! `ragd-train`.
 //!
 //! Invariant: a job is only ever finished by the worker holding its lease,
 //! and every step of a job is safe to repeat, because a crashed worker's job
@@ -10,6 +11,7 @@
 
 pub mod finetune;
 pub mod ingest;
+pub mod reranker_job;
 mod worker;
 
 use std::path::PathBuf;
@@ -18,6 +20,7 @@ use serde::Deserialize;
 
 pub use finetune::{validate_submission, TrainingJobs, FINETUNE_EMBEDDER_KIND};
 pub use ingest::{IngestCounters, IngestPipeline, JobOutcome};
+pub use reranker_job::FINETUNE_RERANKER_KIND;
 pub use worker::{Worker, WorkerHandle};
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::finetune::{TrainingJobs, FINETUNE_EMBEDDER_KIND};
+use crate::reranker_job::FINETUNE_RERANKER_KIND;
 use crate::ingest::{IngestPipeline, JobOutcome};
 use crate::{Error, JobsConfig};
 
@@ -49,7 +50,8 @@ impl Worker {
         Self { name, store, ingest, training, config, handle, kinds: Self::KINDS.to_vec() }
     }
 
-    pub const KINDS: &'static [&'static str] = &[ragd_store::INGEST_JOB_KIND, FINETUNE_EMBEDDER_KIND];
+    pub const KINDS: &'static [&'static str] =
+        &[ragd_store::INGEST_JOB_KIND, FINETUNE_EMBEDDER_KIND, FINETUNE_RERANKER_KIND];
 
     /// The known kind spelled `name`.
     pub fn kind(name: &str) -> Option<&'static str> {
@@ -172,6 +174,7 @@ impl Worker {
         for job in other {
             let outcome = match job.kind.as_str() {
                 FINETUNE_EMBEDDER_KIND => self.training.run(&job, &self.name).await,
+                FINETUNE_RERANKER_KIND => self.training.run_reranker(&job, &self.name).await,
                 kind => Err(Error::UnknownKind(kind.to_owned())),
             };
             outcomes.push((job.id, outcome));

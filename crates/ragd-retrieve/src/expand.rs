@@ -152,6 +152,7 @@ mod tests {
             score: 1.0,
             dense_score: None,
             sparse_score: None,
+            rerank_score: None,
             payload: ChunkPayload {
                 tenant: ragd_core::TenantId::default_tenant(),
                 collection: ragd_core::CollectionId::new(),

@@ -1,6 +1,7 @@
 //! The query pipeline: encode the query (dense and sparse), run one hybrid
 //! query in the index with the tenant, collection, ACL and metadata filter
-//! applied inside it, then widen hits with their neighbouring chunks.
+//! applied inside it, rerank the top candidates with a cross-encoder when
+//! one is asked for, then widen hits with their neighbouring chunks.
 //!
 //! Invariant: works only through the `ragd-core` traits; it never names an
 //! engine (ONNX, Qdrant) and never formats anything for HTTP.
@@ -11,8 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ragd_core::{
-    CollectionId, Embedder, Filter, HybridQuery, IndexHit, SearchMode, SparseEncoder, TenantId,
-    TopK, VectorIndex,
+    ChunkPayload, CollectionId, Embedder, Filter, HybridQuery, IndexHit, RerankerSource, SearchMode,
+    SparseEncoder, TenantId, TopK, VectorIndex,
 };
 use serde::Deserialize;
 use tracing::Instrument;
@@ -29,6 +30,8 @@ pub enum Error {
     Candidates { candidates: usize, top_k: usize, max: usize },
     #[error("rrf_k ({rrf_k}) must be between 1 and {max}")]
     RrfK { rrf_k: u32, max: u32 },
+    #[error("a reranker is asked for, but this server has none")]
+    NoRerankers,
     #[error("the encoder task failed")]
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
@@ -58,11 +61,18 @@ pub struct RetrievalConfig {
     pub neighbour_window: u32,
     /// Longest accepted query, in characters.
     pub max_query_chars: usize,
+    /// The trained reranker (a `finetune-reranker` model name) that orders
+    /// the top hits of every search; none by default. A collection's
+    /// `settings.retrieval.reranker` wins over it.
+    pub reranker: Option<String>,
+    /// Hits of the hybrid search the reranker reads; the rest keep their
+    /// order after them.
+    pub rerank_candidates: usize,
 }
 
 impl Default for RetrievalConfig {
     fn default() -> Self {
-        Self { candidates: 50, neighbour_window: 1, max_query_chars: 4096 }
+        Self { candidates: 50, neighbour_window: 1, max_query_chars: 4096, reranker: None, rerank_candidates: 30 }
     }
 }
 
@@ -83,6 +93,8 @@ pub struct SearchRequest {
     /// The `k` of reciprocal rank fusion; the index's configured one when unset.
     pub rrf_k: Option<u32>,
     pub principals: Option<Vec<String>>,
+    /// The reranker that orders the top hits; `None` skips the stage.
+    pub reranker: Option<String>,
 }
 
 /// Wall time of each stage, in milliseconds.
@@ -90,12 +102,35 @@ pub struct SearchRequest {
 pub struct StageTimings {
     pub encode_ms: f64,
     pub search_ms: f64,
+    /// Loading the reranker on first use, and scoring; `None` when skipped.
+    pub rerank_ms: Option<f64>,
+}
+
+/// What the rerank stage did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reranked {
+    pub model: String,
+    /// Hits it scored: the top `rerank_candidates` of the hybrid search.
+    pub candidates: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct Retrieved {
     pub hits: Vec<IndexHit>,
     pub timings: StageTimings,
+    /// `None` when no reranker was asked for.
+    pub reranked: Option<Reranked>,
+}
+
+/// The text a reranker reads for a chunk: its title, heading path and
+/// text, as the embedder does. Training mines its negatives with the same
+/// text, so the model sees at training what it sees at search.
+pub fn passage_text(payload: &ChunkPayload) -> String {
+    [payload.title.as_str(), payload.heading_path.as_str(), payload.text.as_str()]
+        .into_iter()
+        .filter(|part| !part.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Clone)]
@@ -103,6 +138,7 @@ pub struct Retriever {
     embedder: Arc<dyn Embedder>,
     sparse: Arc<dyn SparseEncoder>,
     index: Arc<dyn VectorIndex>,
+    rerankers: Option<Arc<dyn RerankerSource>>,
     config: RetrievalConfig,
 }
 
@@ -113,7 +149,13 @@ impl Retriever {
         index: Arc<dyn VectorIndex>,
         config: RetrievalConfig,
     ) -> Self {
-        Self { embedder, sparse, index, config }
+        Self { embedder, sparse, index, rerankers: None, config }
+    }
+
+    /// Where the rerankers a search names are loaded from.
+    pub fn with_rerankers(mut self, rerankers: Arc<dyn RerankerSource>) -> Self {
+        self.rerankers = Some(rerankers);
+        self
     }
 
     pub fn config(&self) -> &RetrievalConfig {
@@ -167,6 +209,12 @@ impl Retriever {
         .await??;
         let encode_ms = started.elapsed().as_secs_f64() * 1e3;
 
+        // The reranker reads `rerank_candidates` hits; a deeper top_k takes
+        // the rest in their fused order.
+        let limit = match request.reranker {
+            Some(_) => top_k.max(self.config.rerank_candidates),
+            None => top_k,
+        };
         let started = Instant::now();
         let hybrid = HybridQuery {
             tenant: request.tenant,
@@ -174,20 +222,50 @@ impl Retriever {
             dense,
             sparse: sparse_vector,
             mode,
-            limit: top_k,
-            candidates,
+            limit,
+            candidates: candidates.max(limit),
             rrf_k: request.rrf_k,
             filter: request.filter,
             principals: request.principals,
         };
-        let hits = self
+        let mut hits = self
             .index
             .search(&hybrid)
             .instrument(tracing::info_span!("index_search", top_k, candidates))
             .await?;
         let search_ms = started.elapsed().as_secs_f64() * 1e3;
-        tracing::info!(hits = hits.len(), encode_ms, search_ms, "retrieved");
-        Ok(Retrieved { hits, timings: StageTimings { encode_ms, search_ms } })
+        let (mut rerank_ms, mut reranked) = (None, None);
+        if let Some(model) = request.reranker {
+            let started = Instant::now();
+            let count = hits.len().min(self.config.rerank_candidates);
+            hits = self.rerank(&model, &query, hits, count).instrument(tracing::info_span!("rerank", %model, count)).await?;
+            rerank_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+            reranked = Some(Reranked { model, candidates: count });
+        }
+        hits.truncate(top_k);
+        tracing::info!(hits = hits.len(), encode_ms, search_ms, rerank_ms, "retrieved");
+        Ok(Retrieved { hits, timings: StageTimings { encode_ms, search_ms, rerank_ms }, reranked })
+    }
+
+    /// Scores the first `count` hits with the reranker `model` and orders
+    /// them by that score, best first; the rest follow in their order.
+    async fn rerank(&self, model: &str, query: &str, mut hits: Vec<IndexHit>, count: usize) -> Result<Vec<IndexHit>> {
+        let source = self.rerankers.clone().ok_or(Error::NoRerankers)?;
+        let (model, query) = (model.to_owned(), query.to_owned());
+        let passages: Vec<String> = hits[..count].iter().map(|hit| passage_text(&hit.payload)).collect();
+        // Loading and scoring are CPU-bound model work.
+        let scores = tokio::task::spawn_blocking(move || -> ragd_core::Result<Vec<f32>> {
+            let reranker = source.reranker(&model)?;
+            let passages: Vec<&str> = passages.iter().map(String::as_str).collect();
+            reranker.score(&query, &passages)
+        })
+        .await??;
+        for (hit, score) in hits.iter_mut().zip(scores) {
+            hit.rerank_score = Some(score);
+        }
+        // Stable, so equal scores keep the fused order.
+        hits[..count].sort_by(|a, b| b.rerank_score.unwrap_or(f32::MIN).total_cmp(&a.rerank_score.unwrap_or(f32::MIN)));
+        Ok(hits)
     }
 
     /// Widens each hit with `window` chunks on either side, merging hits of

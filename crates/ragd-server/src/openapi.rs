@@ -62,7 +62,8 @@ use crate::state::AppState;
         crate::wire::HitView,
         crate::wire::ScoresView,
         crate::wire::KeyView,
-        crate::wire::AuditView
+        crate::wire::AuditView,
+        crate::wire::RerankView
     )),
     modifiers(&Described),
     tags(
@@ -250,13 +251,17 @@ fn named_schemas() -> Vec<(&'static str, Value)> {
         (
             "SearchResult",
             json!({
-                "type": "object", "required": ["mode", "hits", "timings"],
+                "type": "object", "required": ["mode", "hits", "rerank", "timings"],
                 "properties": {
                     "mode": reference("ModeParam"),
                     "hits": {"type": "array", "items": reference("HitView")},
+                    "rerank": reference("RerankView"),
                     "timings": {
-                        "type": "object", "required": ["encode_ms", "search_ms"],
-                        "properties": {"encode_ms": number, "search_ms": number},
+                        "type": "object", "required": ["encode_ms", "search_ms", "rerank_ms"],
+                        "properties": {
+                            "encode_ms": number, "search_ms": number,
+                            "rerank_ms": {"type": ["number", "null"], "description": "null when the rerank stage was skipped"},
+                        },
                     },
                 },
             }),
@@ -356,10 +361,11 @@ fn named_schemas() -> Vec<(&'static str, Value)> {
                     },
                     "timings": {
                         "type": "object",
-                        "required": ["encode_ms", "search_ms", "expand_ms", "generate_ms", "total_ms"],
+                        "required": ["encode_ms", "search_ms", "rerank_ms", "expand_ms", "generate_ms", "total_ms"],
                         "properties": {
-                            "encode_ms": number, "search_ms": number, "expand_ms": number,
-                            "generate_ms": number, "total_ms": number,
+                            "encode_ms": number, "search_ms": number,
+                            "rerank_ms": {"type": ["number", "null"], "description": "null when the rerank stage was skipped"},
+                            "expand_ms": number, "generate_ms": number, "total_ms": number,
                         },
                     },
                 },

@@ -42,6 +42,29 @@ pub struct RetrievalDefaults {
     #[serde(deserialize_with = "ragd_core::numbers::whole")]
     #[schema(maximum = 5)]
     pub neighbour_window: Option<u32>,
+    /// A reranker trained by a `finetune-reranker` job, which orders the top
+    /// hits of this collection's searches (the server's
+    /// `retrieval.reranker` otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9._-]*$")]
+    pub reranker: Option<String>,
+}
+
+impl RetrievalDefaults {
+    /// The reranker a search uses: none when the request turns reranking
+    /// off, else the collection's, else the server's (`configured`). A
+    /// request that asks for reranking where none is configured is refused.
+    pub fn reranker(&self, configured: Option<&str>, requested: Option<bool>) -> ApiResult<Option<String>> {
+        let chosen = self.reranker.as_deref().or(configured);
+        match (requested, chosen) {
+            (Some(false), _) => Ok(None),
+            (Some(true), None) => Err(ApiError::invalid(
+                "rerank is true but no reranker is configured: set the collection's \
+                 settings.retrieval.reranker or the server's retrieval.reranker",
+            )),
+            (_, chosen) => Ok(chosen.map(str::to_owned)),
+        }
+    }
 }
 
 /// Replaces the configured prompt's parts for this collection, e.g. a
@@ -133,6 +156,10 @@ impl CollectionSettings {
                 "settings.retrieval.candidates must be at most {}",
                 ragd_retrieve::MAX_CANDIDATES
             )));
+        }
+        if let Some(reranker) = &retrieval.reranker {
+            ragd_jobs::finetune::check_model_name(reranker)
+                .map_err(|reason| ApiError::invalid(format!("settings.retrieval.reranker: {reason}")))?;
         }
         if retrieval.neighbour_window.is_some_and(|window| window > MAX_NEIGHBOUR_WINDOW) {
             return Err(ApiError::invalid(format!(

@@ -1,6 +1,7 @@
 //! Wire types: the JSON shapes of the API, converted from engine types here.
 
 use ragd_core::IndexHit;
+use ragd_retrieve::Retrieved;
 use ragd_store::{
     AddOutcome, AuditRecord, BatchRecord, CollectionRecord, DocumentRecord, KeyRecord, StatusCounts,
 };
@@ -256,12 +257,53 @@ pub struct HitView {
 
 /// Each stage's score: `fused` orders the hits (RRF in hybrid mode), `dense`
 /// is cosine similarity, `sparse` is BM25; a stage that did not find the
-/// hit has no score.
+/// hit has no score. `rerank`, the reranker's logit, is there when a
+/// reranker ordered the hit, and then orders the hits instead of `fused`.
 #[derive(Serialize, ToSchema)]
 pub struct ScoresView {
     pub fused: f32,
     pub dense: Option<f32>,
     pub sparse: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<f32>,
+}
+
+/// Whether a reranker ordered the hits: `applied` with its `model` and the
+/// `candidates` it scored, or `skipped` with the `reason`.
+#[derive(Serialize, ToSchema)]
+pub struct RerankView {
+    #[schema(pattern = "^(applied|skipped)$")]
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+impl RerankView {
+    /// `requested` is the request's `rerank`.
+    pub fn new(retrieved: &Retrieved, requested: Option<bool>) -> Self {
+        match &retrieved.reranked {
+            Some(reranked) => Self {
+                status: "applied",
+                model: Some(reranked.model.clone()),
+                candidates: Some(reranked.candidates),
+                reason: None,
+            },
+            None => Self {
+                status: "skipped",
+                model: None,
+                candidates: None,
+                reason: Some(if requested == Some(false) {
+                    "turned off by the request"
+                } else {
+                    "no reranker is configured"
+                }),
+            },
+        }
+    }
 }
 
 impl HitView {
@@ -277,7 +319,12 @@ impl HitView {
             chunk_index: p.chunk_index,
             text: p.text.clone(),
             metadata: p.metadata.clone(),
-            scores: ScoresView { fused: hit.score, dense: hit.dense_score, sparse: hit.sparse_score },
+            scores: ScoresView {
+                fused: hit.score,
+                dense: hit.dense_score,
+                sparse: hit.sparse_score,
+                rerank: hit.rerank_score,
+            },
         }
     }
 }

@@ -8,15 +8,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use ragd_embed::bert::{Bert, BertConfig};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use crate::bert::{Bert, BertConfig};
 use crate::{Error, Result};
 
 /// The files of a model directory, base or trained.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const CONFIG_FILE: &str = "config.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub use ragd_embed::{CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
 /// Copied along when the base has it, for tools that read the vocabulary
 /// rather than `tokenizer.json`.
 const VOCAB_FILE: &str = "vocab.txt";
@@ -81,7 +79,7 @@ impl Encoder {
         let mask: Vec<u32> = encodings.iter().flat_map(|e| e.get_attention_mask().iter().copied()).collect();
         let ids = Tensor::from_vec(ids, (texts.len(), tokens), &self.device)?;
         let mask = Tensor::from_vec(mask, (texts.len(), tokens), &self.device)?;
-        let states = self.bert.forward(&ids, &mask)?;
+        let states = self.bert.forward(&ids, None, &mask)?;
         let weights = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = states.broadcast_mul(&weights)?.sum(1)?;
         let pooled = summed.broadcast_div(&weights.sum(1)?.clamp(1.0, f64::MAX)?)?;
@@ -90,7 +88,7 @@ impl Encoder {
     }
 }
 
-fn require(path: &Path) -> Result<()> {
+pub(crate) fn require(path: &Path) -> Result<()> {
     if path.is_file() {
         Ok(())
     } else {
@@ -363,7 +361,7 @@ fn split(
 /// `[from, to)` of each batch over `len` items: full batches, then the
 /// rest; a single item left over joins the last batch, since a batch of one
 /// has no in-batch negative.
-fn batch_bounds(len: usize, batch_size: usize) -> Vec<(usize, usize)> {
+pub(crate) fn batch_bounds(len: usize, batch_size: usize) -> Vec<(usize, usize)> {
     let mut bounds: Vec<(usize, usize)> =
         (0..len).step_by(batch_size).map(|from| (from, (from + batch_size).min(len))).collect();
     if bounds.len() > 1 && bounds.last().is_some_and(|(from, to)| to - from == 1) {
@@ -377,21 +375,23 @@ fn batch_bounds(len: usize, batch_size: usize) -> Vec<(usize, usize)> {
 
 /// A permutation of `0..len` from `seed` (Fisher-Yates over splitmix64), so
 /// that runs repeat exactly.
-fn shuffled(len: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn shuffled(len: usize, seed: u64) -> Vec<usize> {
     let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
     let mut order: Vec<usize> = (0..len).collect();
     for i in (1..len).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
     order
+}
+
+/// The next number of the splitmix64 sequence in `state`.
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! Training of ragd's models with candle on the CPU: pure functions over
 //! model files and training pairs, run by the job workers. Today that is
-//! fine-tuning a BERT sentence embedder (MiniLM) with in-batch negatives.
+//! fine-tuning a BERT sentence embedder (MiniLM) with in-batch negatives,
+//! and a cross-encoder reranker with hard negatives.
 //!
 //! Invariant: no HTTP, no database, no job queue; it depends only on
-//! `ragd-core`, candle and the tokenizer. Progress leaves through a callback,
+//! `ragd-core`, `ragd-embed` (the BERT and cross-encoder models it trains
+//! are the ones served), candle and the tokenizer. Progress leaves through a callback,
 //! which is also how a caller stops a run.
 
-mod bert;
 mod embedder;
+mod reranker;
 
 use ragd_core::ErrorKind;
 
@@ -15,6 +17,7 @@ pub use embedder::{
     finetune, Checkpoint, Encoder, Event, FinetuneConfig, FinetuneOutcome, TrainingPair, Validation,
     CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE,
 };
+pub use reranker::{finetune_reranker, RerankExample, RerankerConfig, RerankerOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -30,6 +33,8 @@ pub enum Error {
     Stopped,
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] ragd_embed::Error),
     #[error("model file i/o failed")]
     Io(#[from] std::io::Error),
 }
@@ -43,6 +48,7 @@ impl From<Error> for ragd_core::Error {
                 ragd_core::Error::new(ErrorKind::Unprocessable, err.to_string())
             }
             Error::Stopped => ragd_core::Error::new(ErrorKind::Conflict, err.to_string()),
+            Error::Model(inner) => inner.into(),
             Error::Candle(_) => ragd_core::Error::with_source(ErrorKind::Internal, "training failed", err),
             Error::Io(source) => {
                 ragd_core::Error::with_source(ErrorKind::Internal, "writing model files failed", source)

@@ -27,10 +27,15 @@ pub struct EvalArgs {
     /// Which qrels to score against; tune on train, report test.
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// dense, sparse, hybrid or all (hybrid+rerank needs a reranker, which
-    /// is not available yet).
+    /// dense, sparse, hybrid, hybrid+rerank or all (the first three, and
+    /// hybrid+rerank too when a reranker is given).
     #[arg(long, default_value = "hybrid")]
     pub mode: String,
+    /// The trained reranker (a `finetune-reranker` model under
+    /// `<data_dir>/models`) of hybrid+rerank; `retrieval.reranker` when
+    /// absent.
+    #[arg(long)]
+    pub reranker: Option<String>,
     /// Reuse this collection (ingested by an earlier run) instead of
     /// ingesting the corpus into a fresh one.
     #[arg(long)]
@@ -48,19 +53,33 @@ pub struct EvalArgs {
 
 const RANKING_DEPTH: usize = 100;
 
-fn modes(raw: &str) -> anyhow::Result<Vec<(&'static str, SearchMode)>> {
+/// The runs of `raw`: a label, a search mode and the reranker, if any.
+fn modes(raw: &str, reranker: Option<&str>) -> anyhow::Result<Vec<(&'static str, SearchMode, Option<String>)>> {
+    let reranked = || ("hybrid+rerank", SearchMode::Hybrid, reranker.map(str::to_owned));
     Ok(match raw {
-        "dense" => vec![("dense", SearchMode::Dense)],
-        "sparse" => vec![("sparse", SearchMode::Sparse)],
-        "hybrid" => vec![("hybrid", SearchMode::Hybrid)],
-        "all" => vec![("dense", SearchMode::Dense), ("sparse", SearchMode::Sparse), ("hybrid", SearchMode::Hybrid)],
-        "hybrid+rerank" => bail!("no reranker model is configured, so hybrid+rerank cannot run"),
-        other => bail!("unknown mode {other:?}: use dense, sparse, hybrid or all"),
+        "dense" => vec![("dense", SearchMode::Dense, None)],
+        "sparse" => vec![("sparse", SearchMode::Sparse, None)],
+        "hybrid" => vec![("hybrid", SearchMode::Hybrid, None)],
+        "all" => {
+            let mut all = vec![
+                ("dense", SearchMode::Dense, None),
+                ("sparse", SearchMode::Sparse, None),
+                ("hybrid", SearchMode::Hybrid, None),
+            ];
+            all.extend(reranker.map(|_| reranked()));
+            all
+        }
+        "hybrid+rerank" if reranker.is_none() => {
+            bail!("hybrid+rerank needs a reranker: pass --reranker NAME or set retrieval.reranker")
+        }
+        "hybrid+rerank" => vec![reranked()],
+        other => bail!("unknown mode {other:?}: use dense, sparse, hybrid, hybrid+rerank or all"),
     })
 }
 
 pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
-    let modes = modes(&args.mode)?;
+    let reranker = args.reranker.clone().or_else(|| config.retrieval.reranker.clone());
+    let modes = modes(&args.mode, reranker.as_deref())?;
     let dataset = ragd_eval::load(&args.dataset, &args.split)
         .with_context(|| format!("loading {} ({} split)", args.dataset.display(), args.split))?;
     let name = args
@@ -93,10 +112,11 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
 
     let retriever = engines.retriever(&config);
     let mut reports = Vec::new();
-    for (label, mode) in modes {
+    for (label, mode, reranker) in modes {
         let mut runs = HashMap::new();
         let mut encode = Vec::new();
         let mut search = Vec::new();
+        let mut rerank = Vec::new();
         let mut total = Vec::new();
         for query in &dataset.queries {
             let started = Instant::now();
@@ -111,11 +131,13 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
                     candidates: None,
                     rrf_k: None,
                     principals: None,
+                    reranker: reranker.clone(),
                 })
                 .await?;
             total.push(started.elapsed());
             encode.push(Duration::from_secs_f64(retrieved.timings.encode_ms / 1e3));
             search.push(Duration::from_secs_f64(retrieved.timings.search_ms / 1e3));
+            rerank.extend(retrieved.timings.rerank_ms.map(|ms| Duration::from_secs_f64(ms / 1e3)));
             // Chunks rank documents: a document's rank is that of its best chunk.
             let ranked = ragd_eval::dedup_ranked(
                 retrieved.hits.iter().filter_map(|hit| hit.payload.metadata.get("beir_id")?.as_str().map(str::to_owned)),
@@ -123,7 +145,7 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
             runs.insert(query.id.clone(), ranked);
         }
         let mut stages = BTreeMap::new();
-        for (stage, samples) in [("encode", &encode), ("search", &search), ("total", &total)] {
+        for (stage, samples) in [("encode", &encode), ("search", &search), ("rerank", &rerank), ("total", &total)] {
             if let Some(latency) = Latency::from_durations(samples) {
                 stages.insert(stage.to_owned(), latency);
             }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ragd_core::{Embedder, Generator, SparseEncoder, VectorIndex};
-use ragd_embed::{Bm25Encoder, ModelManifest, ModelRegistry, OnnxEmbedder};
+use ragd_embed::{Bm25Encoder, ModelManifest, ModelRegistry, OnnxEmbedder, TrainedRerankers};
 use ragd_generate::{LocalGguf, LocalGgufConfig, OpenAiCompatible};
 use ragd_index::{EdgeIndex, QdrantServerIndex};
 use ragd_ingest::Chunker;
@@ -42,6 +42,8 @@ pub struct Engines {
     pub sparse: Arc<dyn SparseEncoder>,
     pub chunker: Arc<Chunker>,
     pub registry: ModelRegistry,
+    /// The rerankers trained here, loaded by name on first use.
+    pub rerankers: Arc<TrainedRerankers>,
 }
 
 impl Engines {
@@ -97,6 +99,7 @@ impl Engines {
             sparse: Arc::new(sparse),
             chunker: Arc::new(chunker),
             registry,
+            rerankers: Arc::new(TrainedRerankers::new(config.data_dir.join("models"))),
         })
     }
 
@@ -128,6 +131,7 @@ impl Engines {
             config.models.dir.clone(),
             config.data_dir.clone(),
             config.jobs.datasets_dir.clone(),
+            self.retriever(config),
         ));
         let host = hostname();
         (0..count)
@@ -148,6 +152,7 @@ impl Engines {
 
     pub fn retriever(&self, config: &Config) -> Retriever {
         Retriever::new(self.embedder.clone(), self.sparse.clone(), self.index.clone(), config.retrieval.clone())
+            .with_rerankers(self.rerankers.clone())
     }
 }
 

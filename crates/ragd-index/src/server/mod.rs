@@ -444,6 +444,7 @@ fn to_hits(
                 score: point.score,
                 dense_score,
                 sparse_score,
+                rerank_score: None,
                 payload: chunk_payload(point.payload)?,
             })
         })

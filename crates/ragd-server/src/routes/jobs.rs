@@ -1,6 +1,7 @@
 //! `/v1/jobs`: long-running work submitted by a caller (today the
-//! `finetune-embedder` kind) on the same durable queue as ingestion, with
-//! its progress, metrics, log lines and artifacts, and cancellation.
+//! `finetune-embedder` and `finetune-reranker` kinds) on the same durable
+//! queue as ingestion, with its progress, metrics, log lines and artifacts,
+//! and cancellation.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use ragd_store::{JobMetric, JobRecord, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::collections::resolve;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{AppJson, Caller};
 use crate::state::AppState;
@@ -32,7 +34,7 @@ pub fn router() -> Router<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitJob {
-    /// The job kind, e.g. `finetune-embedder`.
+    /// The job kind: `finetune-embedder` or `finetune-reranker`.
     kind: String,
     /// The kind's parameters (see the README).
     #[serde(default = "empty_object")]
@@ -101,6 +103,7 @@ impl JobView {
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitJob,
     responses((status = 202, description = "the queued job", body = JobView),
         (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "the collection a finetune-reranker job names does not exist", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "unknown kind or invalid parameters", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn submit(
     State(state): State<AppState>,
@@ -108,7 +111,14 @@ pub(crate) async fn submit(
     AppJson(body): AppJson<SubmitJob>,
 ) -> ApiResult<Response> {
     caller.require(Role::Write)?;
-    let payload = ragd_jobs::validate_submission(&body.kind, body.params)?;
+    let mut payload = ragd_jobs::validate_submission(&body.kind, body.params)?;
+    if body.kind == ragd_jobs::FINETUNE_RERANKER_KIND {
+        // Negatives are mined from the caller's own collection, found now
+        // so that a wrong name fails the request rather than the job.
+        let named = payload["collection"].as_str().unwrap_or_default().to_owned();
+        let collection = resolve(&state, &caller.tenant, &named).await?;
+        payload["collection"] = json!(collection.id.to_string());
+    }
     let job = state.store.submit_job(&caller.tenant, &body.kind, &payload).await?;
     state.workers.job_queued();
     tracing::info!(job = %job.id, kind = %job.kind, "job submitted");

@@ -306,6 +306,7 @@ async fn grounded(
             candidates: None,
             rrf_k: None,
             on_behalf_of,
+            rerank: None,
         },
         history: &history,
         instructions: &instructions,

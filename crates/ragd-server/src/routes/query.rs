@@ -48,6 +48,9 @@ pub(crate) struct QueryBody {
     #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
     #[schema(minimum = 1, maximum = 10000)]
     rrf_k: Option<u32>,
+    /// As in search.
+    #[serde(default)]
+    rerank: Option<bool>,
     #[serde(default)]
     stream: bool,
     #[serde(default, deserialize_with = "ragd_core::numbers::whole")]
@@ -86,6 +89,7 @@ pub(crate) async fn query(
             candidates: body.candidates,
             rrf_k: body.rrf_k,
             on_behalf_of: body.on_behalf_of,
+            rerank: body.rerank,
         },
         history: &[],
         instructions: "",
@@ -174,6 +178,7 @@ fn finish_json(body: &mut Value, prepared: &Prepared, answer: &str, completion_t
     body["timings"] = json!({
         "encode_ms": timings.encode_ms,
         "search_ms": timings.search_ms,
+        "rerank_ms": timings.rerank_ms,
         "expand_ms": prepared.expand_ms,
         "generate_ms": generate_ms,
         "total_ms": prepared.started.elapsed().as_secs_f64() * 1e3,

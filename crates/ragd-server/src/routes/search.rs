@@ -14,7 +14,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{AppJson, Caller, OnBehalfOf};
 use crate::settings::CollectionSettings;
 use crate::state::AppState;
-use crate::wire::HitView;
+use crate::wire::{HitView, RerankView};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/collections/{collection}/search", post(search))
@@ -67,6 +67,10 @@ pub struct SearchBody {
     /// The end user to search for: only documents they may see match.
     #[serde(default)]
     pub on_behalf_of: Option<OnBehalfOf>,
+    /// Rerank the top hits with the configured reranker (the default when
+    /// one is configured); `false` skips it, `true` without one is a 400.
+    #[serde(default)]
+    pub rerank: Option<bool>,
 }
 
 impl SearchBody {
@@ -95,6 +99,7 @@ impl SearchBody {
             rrf_k: self.rrf_k.or(defaults.rrf_k),
             // Applied inside the index query, with the tenant and filter.
             principals: visibility.index_principals(),
+            reranker: defaults.reranker(state.retriever.config().reranker.as_deref(), self.rerank)?,
         };
         Ok(state.retriever.search(request).await?)
     }
@@ -119,6 +124,11 @@ pub(crate) async fn search(
     Ok(Json(json!({
         "mode": body.mode,
         "hits": hits,
-        "timings": {"encode_ms": retrieved.timings.encode_ms, "search_ms": retrieved.timings.search_ms},
+        "rerank": RerankView::new(&retrieved, body.rerank),
+        "timings": {
+            "encode_ms": retrieved.timings.encode_ms,
+            "search_ms": retrieved.timings.search_ms,
+            "rerank_ms": retrieved.timings.rerank_ms,
+        },
     })))
 }

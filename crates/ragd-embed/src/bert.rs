@@ -1,8 +1,10 @@
 //! A BERT encoder (MiniLM is one) whose every operation has a backward
 //! pass. candle-transformers' `BertModel` is built for inference: its layer
 //! norms use a fused kernel without gradients, which would stop training at
-//! the last layer. Tensor names follow the Hugging Face checkpoints, so the
-//! same files load here, in candle-transformers and in sentence-transformers.
+//! the last layer. It lives here rather than in `ragd-train` because the
+//! cross-encoder reranker serves queries with the same model it is trained
+//! as. Tensor names follow the Hugging Face checkpoints, so the same files
+//! load here, in candle-transformers and in sentence-transformers.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{embedding, linear, Embedding, Init, Linear, VarBuilder};
@@ -141,10 +143,15 @@ impl Bert {
 
     /// Token states (batch, tokens, hidden) of `ids` (batch, tokens, u32);
     /// `mask` (batch, tokens, u32) is 1 on real tokens and 0 on padding.
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `token_types` (same shape) tells the segments of a text pair apart
+    /// (0 for the first, 1 for the second); a single text is all 0.
+    pub fn forward(&self, ids: &Tensor, token_types: Option<&Tensor>, mask: &Tensor) -> Result<Tensor> {
         let (batch, tokens) = ids.dims2()?;
         let positions = Tensor::arange(0u32, tokens as u32, ids.device())?;
-        let token_types = ids.zeros_like()?;
+        let token_types = match token_types {
+            Some(types) => types.clone(),
+            None => ids.zeros_like()?,
+        };
         let mut xs = self
             .word_embeddings
             .forward(ids)?

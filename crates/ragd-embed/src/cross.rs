@@ -1,0 +1,241 @@
+//! The cross-encoder reranker: BERT reads a query and a passage together
+//! (`[CLS] query [SEP] passage [SEP]`, token types 0 then 1), the pooler
+//! (tanh of a dense layer over `[CLS]`) and a linear head with one output
+//! give a relevance logit. Tensor names are those of Hugging Face's
+//! `BertForSequenceClassification` (`bert.*`, `classifier.*`), so a model
+//! trained by ragd loads in other tools, and theirs load here.
+//!
+//! Trained rerankers are registered by the `finetune-reranker` job as
+//! `<data_dir>/models/<name>/` with `manifest.json` of kind `reranker`;
+//! [`TrainedRerankers`] loads them by name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder, linear};
+use tokenizers::{EncodeInput, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::bert::{Bert, BertConfig};
+use crate::error::{Error, Result};
+
+/// The files of a model directory, base or trained.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// What the training job writes beside the weights: kind, base, settings.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The `kind` in the manifest of a trained reranker.
+pub const RERANKER_KIND: &str = "reranker";
+/// Where the encoder's tensors sit in a sequence classifier's checkpoint.
+pub const ENCODER_PREFIX: &str = "bert";
+/// The head's tensor names: `classifier.weight` (1, hidden) and
+/// `classifier.bias` (1).
+pub const CLASSIFIER_PREFIX: &str = "classifier";
+
+/// Pairs scored per forward pass at inference; bounds memory for long
+/// candidate lists.
+const SCORE_BATCH: usize = 32;
+
+/// BERT, its pooler and a one-output classification head.
+pub struct CrossEncoderModel {
+    bert: Bert,
+    pooler: Linear,
+    classifier: Linear,
+}
+
+impl CrossEncoderModel {
+    pub fn load(config: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let encoder = vb.pp(ENCODER_PREFIX);
+        Ok(Self {
+            bert: Bert::load(config, encoder.clone())?,
+            pooler: linear(config.hidden_size, config.hidden_size, encoder.pp("pooler").pp("dense"))?,
+            classifier: linear(config.hidden_size, 1, vb.pp(CLASSIFIER_PREFIX))?,
+        })
+    }
+
+    /// One logit per pair, shaped (batch,); differentiable.
+    pub fn forward(&self, ids: &Tensor, token_types: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let states = self.bert.forward(ids, Some(token_types), mask)?;
+        let first = states.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = self.pooler.forward(&first)?.tanh()?;
+        self.classifier.forward(&pooled)?.squeeze(1)
+    }
+}
+
+/// A loaded cross-encoder with its tokenizer.
+pub struct CrossEncoder {
+    name: String,
+    model: CrossEncoderModel,
+    tokenizer: Tokenizer,
+    device: Device,
+}
+
+impl std::fmt::Debug for CrossEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrossEncoder").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl CrossEncoder {
+    /// Loads a model directory (`model.safetensors`, `config.json`,
+    /// `tokenizer.json`); pairs are cut to `max_seq_len` tokens, the longer
+    /// text first.
+    pub fn load(name: &str, dir: &Path, max_seq_len: usize) -> Result<Self> {
+        let weights = require(name, &dir.join(WEIGHTS_FILE))?;
+        let device = Device::Cpu;
+        // SAFETY: the file is mapped read-only and nothing in ragd writes a
+        // model file in place (trained models are written beside and renamed).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
+        Self::with_weights(name, dir, vb, max_seq_len)
+    }
+
+    /// The model of `dir`'s config and tokenizer over the weights `vb`
+    /// provides; training passes its variables here.
+    pub fn with_weights(name: &str, dir: &Path, vb: VarBuilder, max_seq_len: usize) -> Result<Self> {
+        let config = read_bert_config(name, dir)?;
+        let device = vb.device().clone();
+        let model = CrossEncoderModel::load(&config, vb)?;
+        let tokenizer = load_tokenizer(name, dir, max_seq_len.min(config.max_position_embeddings))?;
+        Ok(Self { name: name.to_owned(), model, tokenizer, device })
+    }
+
+    /// One logit per (query, passage) pair, shaped (pairs,); differentiable.
+    pub fn logits(&self, pairs: &[(&str, &str)]) -> Result<Tensor> {
+        let inputs: Vec<EncodeInput> = pairs.iter().map(|&(q, p)| (q, p).into()).collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| Error::Runtime(format!("tokenizer: {e}")))?;
+        let tokens = encodings.first().map_or(0, |e| e.get_ids().len());
+        let column = |part: fn(&tokenizers::Encoding) -> &[u32]| -> Result<Tensor> {
+            let values: Vec<u32> = encodings.iter().flat_map(|e| part(e).iter().copied()).collect();
+            Ok(Tensor::from_vec(values, (pairs.len(), tokens), &self.device)?)
+        };
+        let ids = column(tokenizers::Encoding::get_ids)?;
+        let types = column(tokenizers::Encoding::get_type_ids)?;
+        let mask = column(tokenizers::Encoding::get_attention_mask)?;
+        Ok(self.model.forward(&ids, &types, &mask)?)
+    }
+
+    /// The logit of each pair, scored in batches.
+    pub fn score_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>> {
+        let mut scores = Vec::with_capacity(pairs.len());
+        for part in pairs.chunks(SCORE_BATCH) {
+            scores.extend(self.logits(part)?.detach().to_vec1::<f32>()?);
+        }
+        Ok(scores)
+    }
+}
+
+impl ragd_core::Reranker for CrossEncoder {
+    fn model(&self) -> &str {
+        &self.name
+    }
+
+    fn score(&self, query: &str, passages: &[&str]) -> ragd_core::Result<Vec<f32>> {
+        let pairs: Vec<(&str, &str)> = passages.iter().map(|passage| (query, *passage)).collect();
+        Ok(self.score_pairs(&pairs)?)
+    }
+}
+
+fn require(name: &str, path: &Path) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path.to_owned())
+    } else {
+        Err(Error::ModelMissing { name: name.to_owned(), path: path.to_owned() })
+    }
+}
+
+/// The BERT fields of a model directory's `config.json`.
+pub fn read_bert_config(name: &str, dir: &Path) -> Result<BertConfig> {
+    let path = require(name, &dir.join(CONFIG_FILE))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Config(format!("model {name:?}: config.json is not a BERT config: {e}")))
+}
+
+/// The directory's tokenizer, truncating to `max_seq_len` and padding each
+/// batch to its longest text.
+pub fn load_tokenizer(name: &str, dir: &Path, max_seq_len: usize) -> Result<Tokenizer> {
+    let path = require(name, &dir.join(TOKENIZER_FILE))?;
+    let invalid = |e: tokenizers::Error| Error::Config(format!("model {name:?}: tokenizer.json: {e}"));
+    let mut tokenizer = Tokenizer::from_file(&path).map_err(invalid)?;
+    tokenizer
+        .with_truncation(Some(TruncationParams { max_length: max_seq_len, ..Default::default() }))
+        .map_err(invalid)?;
+    tokenizer
+        .with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+    Ok(tokenizer)
+}
+
+/// The fields of a trained model's `manifest.json` that loading needs.
+#[derive(Debug, serde::Deserialize)]
+struct TrainedManifest {
+    kind: String,
+    max_seq_len: usize,
+}
+
+/// The rerankers trained here, `<models_dir>/<name>/`, each loaded once on
+/// first use and kept: a registered model directory never changes.
+pub struct TrainedRerankers {
+    models_dir: PathBuf,
+    loaded: Mutex<HashMap<String, Arc<CrossEncoder>>>,
+}
+
+impl TrainedRerankers {
+    pub fn new(models_dir: PathBuf) -> Self {
+        Self { models_dir, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn load(&self, name: &str) -> Result<Arc<CrossEncoder>> {
+        if let Some(found) = self.loaded.lock().unwrap_or_else(PoisonError::into_inner).get(name) {
+            return Ok(found.clone());
+        }
+        let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\']);
+        let dir = self.models_dir.join(name);
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if !plain || !manifest_path.is_file() {
+            return Err(Error::UnknownModel { name: name.to_owned(), known: self.known() });
+        }
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|source| Error::Io { path: manifest_path.clone(), source })?;
+        let manifest: TrainedManifest = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("model {name:?}: manifest.json: {e}")))?;
+        if manifest.kind != RERANKER_KIND {
+            return Err(Error::Config(format!(
+                "model {name:?} is of kind {:?}, not a {RERANKER_KIND}",
+                manifest.kind
+            )));
+        }
+        let started = Instant::now();
+        let encoder = Arc::new(CrossEncoder::load(name, &dir, manifest.max_seq_len)?);
+        tracing::info!(model = name, elapsed_ms = started.elapsed().as_millis() as u64, "reranker loaded");
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(loaded.entry(name.to_owned()).or_insert(encoder).clone())
+    }
+
+    /// The names of the registered rerankers, sorted.
+    fn known(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.models_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let text = std::fs::read_to_string(entry.path().join(MANIFEST_FILE)).ok()?;
+                let manifest: TrainedManifest = serde_json::from_str(&text).ok()?;
+                (manifest.kind == RERANKER_KIND).then(|| entry.file_name().to_string_lossy().into_owned())
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl ragd_core::RerankerSource for TrainedRerankers {
+    fn reranker(&self, name: &str) -> ragd_core::Result<Arc<dyn ragd_core::Reranker>> {
+        Ok(self.load(name)?)
+    }
+}
