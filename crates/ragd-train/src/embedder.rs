@@ -352,10 +352,16 @@ fn split(
         return Err(Error::TooFewPairs(pairs.len()));
     }
     let order = shuffled(pairs.len(), seed);
-    let held_out = ((pairs.len() as f64 * fraction.clamp(0.0, 1.0)).round() as usize).min(pairs.len() - 2);
+    let held_out = held_out_count(pairs.len(), fraction);
     let validation = order[..held_out].iter().map(|&i| &pairs[i]).collect();
     let train = order[held_out..].iter().map(|&i| &pairs[i]).collect();
     Ok((train, validation))
+}
+
+/// How many of `len` items (`len` >= 2) a validation `fraction` holds out:
+/// at least two always stay for training.
+pub(crate) fn held_out_count(len: usize, fraction: f64) -> usize {
+    ((len as f64 * fraction.clamp(0.0, 1.0)).round() as usize).min(len - 2)
 }
 
 /// `[from, to)` of each batch over `len` items: full batches, then the

@@ -22,7 +22,7 @@ use ragd_embed::{
     CLASSIFIER_PREFIX, CONFIG_FILE, CrossEncoder, ENCODER_PREFIX, TOKENIZER_FILE, WEIGHTS_FILE,
 };
 
-use crate::embedder::{batch_bounds, require, shuffled, splitmix};
+use crate::embedder::{batch_bounds, held_out_count, require, shuffled, splitmix};
 use crate::{Checkpoint, Error, Event, Result, Validation};
 
 /// Copied along when the base has it, for tools that read the vocabulary
@@ -350,8 +350,7 @@ fn split(
         return Err(Error::TooFewPairs(queries.len()));
     }
     let order = shuffled(queries.len(), seed);
-    let held_out =
-        ((queries.len() as f64 * fraction.clamp(0.0, 1.0)).round() as usize).min(queries.len() - 2);
+    let held_out = held_out_count(queries.len(), fraction);
     let held: HashSet<&str> = order[..held_out].iter().map(|&i| queries[i]).collect();
     let (validation, train): (Vec<&RerankExample>, Vec<&RerankExample>) =
         examples.iter().partition(|example| held.contains(example.query.as_str()));
