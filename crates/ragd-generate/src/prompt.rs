@@ -23,7 +23,9 @@ impl Default for PromptConfig {
                      After each fact, cite its source number in square brackets, like [1]. \
                      If the sources do not contain the answer, say that you do not know."
                 .to_owned(),
-            user: "Sources:\n{sources}\n\nQuestion: {question}".to_owned(),
+            // The closing line keeps small models from answering with a bare "[1]".
+            user: "Sources:\n{sources}\n\nQuestion: {question}\nAnswer in full sentences and cite the sources you use, like [1]."
+                .to_owned(),
             no_context_answer: "I could not find anything about this in the documents.".to_owned(),
         }
     }

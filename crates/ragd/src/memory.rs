@@ -5,10 +5,18 @@
 //! call. So once the engines are loaded, the embedder's batch is sized to
 //! what is left of the budget, and a budget too small for even one text is
 //! refused at start rather than discovered by the OOM killer.
+//!
+//! That plan is a prediction, and the allocator's retained pages and
+//! fragmentation are not in it, so a guard also watches resident memory
+//! while ragd runs and halves the batch whenever it nears the budget.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ragd_embed::OnnxEmbedder;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
@@ -72,6 +80,10 @@ pub fn fit(config: &Config, embedder: &OnnxEmbedder) -> anyhow::Result<()> {
     if config.memory.budget_mib == 0 {
         return Ok(());
     }
+    // Loading freed a lot (the generator's requantisation, ONNX Runtime's
+    // graph optimisation) that mimalloc would otherwise keep resident and
+    // count against the budget.
+    return_free_memory();
     let plan = plan(config, resident_mib()?)?;
     if plan.batch_size < config.embedding.batch_size {
         tracing::warn!(
@@ -87,6 +99,62 @@ pub fn fit(config: &Config, embedder: &OnnxEmbedder) -> anyhow::Result<()> {
     }
     embedder.limit_batch_size(plan.batch_size);
     Ok(())
+}
+
+/// Resident memory at which the guard acts: 90% of the budget, so that the
+/// batch running when it is seen still fits.
+fn guard_threshold_mib(budget_mib: u64) -> u64 {
+    budget_mib - budget_mib / 10
+}
+
+const GUARD_INTERVAL: Duration = Duration::from_millis(100);
+/// Time for a lowered batch to reach the embedder before lowering again.
+const GUARD_SETTLE: Duration = Duration::from_secs(2);
+
+/// Watches resident memory until `shutdown`; no budget, no guard. Near the
+/// budget it first returns the allocator's free pages to the system, and if
+/// that is not enough, halves the embedder's batch (never below one text;
+/// it is not raised again).
+pub fn spawn_guard(config: &Config, embedder: Arc<OnnxEmbedder>, shutdown: CancellationToken) {
+    let budget_mib = config.memory.budget_mib;
+    if budget_mib == 0 {
+        return;
+    }
+    let threshold = guard_threshold_mib(budget_mib);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(GUARD_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let Ok(resident) = resident_mib() else { return };
+            if resident < threshold {
+                continue;
+            }
+            return_free_memory();
+            let after = resident_mib().unwrap_or(resident);
+            let batch = embedder.batch_size();
+            if after < threshold || batch == 1 {
+                continue;
+            }
+            embedder.limit_batch_size(batch / 2);
+            tracing::warn!(
+                budget_mib,
+                resident_mib = after,
+                from = batch,
+                to = embedder.batch_size(),
+                "resident memory near the budget: embedding batch halved"
+            );
+            tokio::time::sleep(GUARD_SETTLE).await;
+        }
+    });
+}
+
+fn return_free_memory() {
+    // SAFETY: mi_collect only walks mimalloc's own heaps, which it locks.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 fn resident_mib() -> anyhow::Result<u64> {
@@ -124,6 +192,11 @@ mod tests {
     fn a_budget_without_room_for_one_text_is_refused() {
         let error = plan(&config(852 + 25), 500).unwrap_err().to_string();
         assert!(error.contains("memory.budget_mib = 877 is too small"), "{error}");
+    }
+
+    #[test]
+    fn the_guard_acts_before_the_budget() {
+        assert_eq!(guard_threshold_mib(1280), 1152);
     }
 
     #[test]

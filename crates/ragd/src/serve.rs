@@ -184,6 +184,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::memory::fit(&config, &engines.dense)?;
 
     let shutdown = CancellationToken::new();
+    crate::memory::spawn_guard(&config, engines.dense.clone(), shutdown.clone());
     let workers = WorkerHandle::default();
     let tasks = engines.spawn_workers(
         &config,

@@ -62,6 +62,7 @@ pub async fn run(config: Config, args: WorkerArgs) -> anyhow::Result<()> {
     };
 
     let shutdown = CancellationToken::new();
+    crate::memory::spawn_guard(&config, engines.dense.clone(), shutdown.clone());
     // Nothing in this process enqueues jobs: the workers find them by
     // polling every jobs.poll_interval_ms.
     let handle = WorkerHandle::default();

@@ -160,3 +160,49 @@ fn missing_model_is_unavailable() {
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(err.chain().contains("/nonexistent/model.gguf"));
 }
+
+/// The optional larger model (`scripts/fetch-models --with
+/// qwen2.5-coder-0.5b-instruct`); skipped where it is not installed, since
+/// tests never require it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qwen_answers_from_numbered_sources_when_installed() {
+    let path = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/qwen2.5-coder-0.5b-instruct/model.gguf"
+    ));
+    if !path.exists() {
+        eprintln!("skipped: {} is not installed", path.display());
+        return;
+    }
+    let config = LocalGgufConfig {
+        model_path: path,
+        name: Some("qwen2.5-coder-0.5b-instruct".into()),
+        ..LocalGgufConfig::default()
+    };
+    let model = LocalGguf::load(&config).unwrap();
+    let request = GenerationRequest {
+        messages: vec![
+            ChatMessage::new(
+                ChatRole::System,
+                "You are a careful assistant. Answer the question using only the numbered sources. After each \
+                 fact, cite its source number in square brackets, like [1]. If the sources do not contain the \
+                 answer, say that you do not know.",
+            ),
+            ChatMessage::new(
+                ChatRole::User,
+                "Sources:\n[1] The Zorblax bridge in Tallinn was opened in 1987 and is 412 metres long.\n\
+                 [2] Tallinn is the capital of Estonia.\n\nQuestion: How long is the Zorblax bridge?",
+            ),
+        ],
+        max_tokens: 40,
+        temperature: 0.0,
+        seed: 7,
+    };
+    let started = Instant::now();
+    let answer: String =
+        model.stream(request).await.unwrap().map(Result::unwrap).collect::<Vec<_>>().await.concat();
+    println!("qwen answer in {:?}: {answer:?}", started.elapsed());
+    assert!(answer.contains("412"), "{answer}");
+    assert!(answer.contains("[1]"), "{answer}");
+    assert!(!answer.contains("<|im_end|>"), "the end-of-turn token stops generation: {answer}");
+}
