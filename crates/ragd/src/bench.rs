@@ -1,6 +1,8 @@
 //! `ragd bench ingest`: the ingestion pipeline's throughput (store, worker,
 //! parse, chunk, embed, index, publish) next to the raw embedder's on the
 //! same chunk texts, in one run, with the process's peak memory.
+//! `ragd bench perplexity`: a GGUF generator's perplexity on a text, with
+//! its file size and decode speed, to compare quantizations of one model.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -26,6 +28,56 @@ pub enum BenchCommand {
     /// Ingest a BEIR corpus into a fresh data directory and compare the
     /// pipeline's throughput with the raw embedder's.
     Ingest(IngestBenchArgs),
+    /// A GGUF generator's perplexity on a plain-text file, its size and
+    /// decode speed.
+    Perplexity(PerplexityArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PerplexityArgs {
+    /// The GGUF file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A plain-text file the model has not been trained on.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Score only the first N tokens of the text.
+    #[arg(long, default_value_t = 2048)]
+    pub tokens: usize,
+    /// Tokens per window; each window starts with an empty context.
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
+    /// Run Q4_1/Q5_x weights as they are instead of converting them to Q8_0
+    /// at load, as `generation.local.requantize_slow_weights` does.
+    #[arg(long)]
+    pub keep_slow_weights: bool,
+}
+
+/// Loads the model and prints one JSON line: file, bytes, tokens,
+/// perplexity, tokens/s.
+pub fn perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
+    let bytes =
+        std::fs::metadata(&args.model).with_context(|| format!("reading {}", args.model.display()))?.len();
+    let config = ragd_generate::LocalGgufConfig {
+        model_path: args.model.clone(),
+        context_tokens: args.window.max(2),
+        requantize_slow_weights: !args.keep_slow_weights,
+        ..Default::default()
+    };
+    let model = ragd_generate::LocalGguf::load(&config)?;
+    let measured = model.perplexity(&text, args.tokens, args.window)?;
+    let line = serde_json::json!({
+        "model": args.model.display().to_string(),
+        "bytes": bytes,
+        "tokens": measured.tokens,
+        "window": args.window,
+        "perplexity": measured.perplexity,
+        "tokens_per_second": measured.tokens_per_second,
+    });
+    println!("{line}");
+    Ok(())
 }
 
 #[derive(Debug, Clone, clap::Args)]
