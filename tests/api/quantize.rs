@@ -1,7 +1,8 @@
 //! The `quantize` job: SmolLM2 re-quantized to Q8_0 and Q4_K through the
 //! job API, the files checked with llama.cpp's own `gguf` reader, and the
-//! registered models chatting through `/v1/chat/completions`; cancellation
-//! between tensors; bad parameters.
+//! registered models chatting through `/v1/chat/completions`; MiniLM with
+//! Q8_0 Linear weights embedding like the f32 model; cancellation between
+//! tensors; bad parameters.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -125,7 +126,16 @@ async fn quantize_requests_are_validated() {
     let app = spawn_app().await;
     let cases = [
         (json!({"model": "no-such-model", "type": "q8_0"}), StatusCode::NOT_FOUND, "no-such-model"),
-        (json!({"model": "all-minilm-l6-v2", "type": "q8_0"}), StatusCode::NOT_FOUND, "not a GGUF generator"),
+        (
+            json!({"model": "minilm-l6-onnx", "type": "q8_0"}),
+            StatusCode::NOT_FOUND,
+            "neither a GGUF generator",
+        ),
+        (
+            json!({"model": "all-minilm-l6-v2", "type": "q4_k"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "only be q8_0",
+        ),
         (json!({"model": SOURCE, "type": "q3_k"}), StatusCode::UNPROCESSABLE_ENTITY, "q8_0, q4_k, f16, f32"),
         (json!({"model": SOURCE}), StatusCode::UNPROCESSABLE_ENTITY, "type"),
         (
@@ -138,5 +148,40 @@ async fn quantize_requests_are_validated() {
         let response = app.post_json("/v1/jobs", &json!({"kind": "quantize", "params": params})).await;
         let problem = assert_problem(response, status).await;
         assert!(problem["detail"].as_str().unwrap().contains(expected), "{params}: {problem}");
+    }
+}
+
+#[tokio::test]
+async fn quantize_stores_an_embedders_linear_weights_as_q8_0() {
+    let app = spawn_app().await;
+    let id = submit(&app, json!({"model": "all-minilm-l6-v2", "type": "q8_0"})).await;
+    let done = wait_job(&app, &id, Duration::from_secs(300), finished).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let artifact = &done["artifacts"][0];
+    assert_eq!(
+        (artifact["name"].as_str(), artifact["kind"].as_str()),
+        (Some("all-minilm-l6-v2-q8_0"), Some("embedder-safetensors"))
+    );
+    let dir = PathBuf::from(artifact["path"].as_str().unwrap());
+    for file in artifact["files"].as_array().unwrap() {
+        assert!(dir.join(file.as_str().unwrap()).is_file(), "{file} missing");
+    }
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    // 6 layers of 6 Linear layers, and the pooler.
+    assert_eq!(manifest["quantization"]["tensors_in_type"], 37, "{manifest}");
+    let f32_bytes =
+        std::fs::metadata(repo_root().join("models/all-minilm-l6-v2/model.safetensors")).unwrap().len();
+    let q8_bytes = std::fs::metadata(dir.join("model.gguf")).unwrap().len();
+    eprintln!("f32 {f32_bytes} bytes, q8_0 {q8_bytes} bytes");
+    // The word embeddings (half of MiniLM's weights) are looked up, not
+    // multiplied, and stay f32.
+    assert!(q8_bytes < f32_bytes * 7 / 10, "{q8_bytes} vs {f32_bytes}");
+
+    let texts = ["How do volcanoes erupt?", "Sourdough is leavened by wild yeast and lactic acid bacteria."];
+    let full = ragd_train::Encoder::load(&repo_root().join("models/all-minilm-l6-v2"), 64).unwrap();
+    let small = ragd_train::Encoder::load(&dir, 64).expect("the q8_0 model loads");
+    for (a, b) in full.embed(&texts).unwrap().iter().zip(small.embed(&texts).unwrap()) {
+        let cosine: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!(cosine > 0.99, "cosine {cosine}");
     }
 }

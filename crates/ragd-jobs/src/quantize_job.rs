@@ -1,12 +1,14 @@
 //! The `quantize` job: re-quantizes a GGUF generator (a registry model or
-//! one registered here) with `ragd_generate::quantize_gguf`, reports each
-//! tensor as a step, stops between tensors when cancelled, and registers the
-//! file as `<data_dir>/models/<name>/model.gguf` with a manifest of kind
-//! `generator-gguf`. A conversion takes seconds, so a retried attempt
-//! starts again rather than resuming.
+//! one registered here) with `ragd_generate::quantize_gguf`, or stores a
+//! BERT embedder's or reranker's Linear weights as Q8_0 with
+//! `ragd_embed::quantize_bert`; reports each tensor as a step, stops between
+//! tensors when cancelled, and registers the result under
+//! `<data_dir>/models/<name>/` (a generator with a manifest of kind
+//! `generator-gguf`, a BERT model with its source's kind). A conversion
+//! takes seconds, so a retried attempt starts again rather than resuming.
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use ragd_core::ErrorKind;
 use ragd_generate::QuantType;
 use ragd_store::{JobControl, JobRecord};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::finetune::{check_model_name, remove_dir, TrainingJobs, CANCEL_POLL};
 use crate::{Error, Result};
@@ -27,15 +29,18 @@ pub const GENERATOR_KIND: &str = "generator-gguf";
 /// The file a GGUF generator's directory holds, in the registry and here.
 const GGUF_FILE: &str = "model.gguf";
 
+/// The manifest kinds of the BERT models the job quantizes.
+const BERT_KINDS: [&str; 2] = ["embedder-safetensors", ragd_embed::RERANKER_KIND];
+
 /// The parameters of a `quantize` job, as posted and as stored (with the
 /// name filled in).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizeParams {
-    /// A generator: a registry model of kind `generator-gguf`, or a model
-    /// registered here with that kind.
+    /// A generator (a registry model of kind `generator-gguf`, or a model
+    /// registered here with that kind) or a BERT embedder or reranker.
     pub model: String,
-    /// `q8_0`, `q4_k`, `f16` or `f32`.
+    /// `q8_0`, `q4_k`, `f16` or `f32`; BERT models take `q8_0` only.
     #[serde(rename = "type")]
     pub dtype: String,
     /// The new model's name; default `<model>-<type>`.
@@ -64,21 +69,46 @@ pub struct ModelDirs {
     pub registered: PathBuf,
 }
 
+/// A model the `quantize` job can read.
+pub(crate) enum Source {
+    /// Its GGUF file.
+    Generator(PathBuf),
+    /// Its directory (safetensors, config, tokenizer) and manifest (an
+    /// embedder's defaults for a registry model, which has none).
+    Bert { dir: PathBuf, manifest: Value },
+}
+
 impl ModelDirs {
     /// The GGUF file of generator `name`: a registry model's, or a
     /// registered model's whose manifest says `generator-gguf`.
     pub fn generator(&self, name: &str) -> Option<PathBuf> {
-        if check_model_name(name).is_err() {
-            return None;
+        match self.source(name)? {
+            Source::Generator(path) => Some(path),
+            Source::Bert { .. } => None,
         }
-        let in_registry = self.registry.join(name).join(GGUF_FILE);
-        if in_registry.is_file() {
-            return Some(in_registry);
+    }
+
+    pub(crate) fn source(&self, name: &str) -> Option<Source> {
+        check_model_name(name).ok()?;
+        let in_registry = self.registry.join(name);
+        if in_registry.join(GGUF_FILE).is_file() {
+            return Some(Source::Generator(in_registry.join(GGUF_FILE)));
+        }
+        if in_registry.join(ragd_embed::WEIGHTS_FILE).is_file() {
+            // The registry's safetensors models are the base embedders.
+            let manifest = json!({"kind": BERT_KINDS[0], "pooling": "mean", "normalized": true});
+            return Some(Source::Bert { dir: in_registry, manifest });
         }
         let dir = self.registered.join(name);
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
-        (manifest["kind"] == GENERATOR_KIND && dir.join(GGUF_FILE).is_file()).then(|| dir.join(GGUF_FILE))
+        let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
+        let kind = manifest["kind"].as_str().unwrap_or_default();
+        if kind == GENERATOR_KIND && dir.join(GGUF_FILE).is_file() {
+            Some(Source::Generator(dir.join(GGUF_FILE)))
+        } else if BERT_KINDS.contains(&kind) && dir.join(ragd_embed::WEIGHTS_FILE).is_file() {
+            Some(Source::Bert { dir, manifest })
+        } else {
+            None
+        }
     }
 
     /// The names of the GGUF generators registered here, sorted.
@@ -94,25 +124,35 @@ impl ModelDirs {
         names
     }
 
-    /// Checks, when a job is submitted, that the model it reads exists, so
-    /// a wrong name fails the request rather than the job.
-    pub fn check_submission(&self, kind: &str, payload: &serde_json::Value) -> ragd_core::Result<()> {
+    /// Checks, when a job is submitted, that the model it reads exists and
+    /// takes the type asked for, so a mistake fails the request rather
+    /// than the job.
+    pub fn check_submission(&self, kind: &str, payload: &Value) -> ragd_core::Result<()> {
         if kind != QUANTIZE_KIND {
             return Ok(());
         }
         let model = payload["model"].as_str().unwrap_or_default();
-        match self.generator(model) {
-            Some(_) => Ok(()),
+        match self.source(model) {
+            Some(Source::Generator(_)) => Ok(()),
+            Some(Source::Bert { .. }) if payload["type"] == QuantType::Q8_0.as_str() => Ok(()),
+            Some(Source::Bert { .. }) => Err(ragd_core::Error::new(
+                ErrorKind::Unprocessable,
+                format!("model {model:?} is a BERT model: its type can only be q8_0"),
+            )),
             None => Err(ragd_core::Error::new(
                 ErrorKind::NotFound,
                 format!(
-                    "model {model:?} is not a GGUF generator: name a registry model of kind \
-                     {GENERATOR_KIND} or one registered here"
+                    "model {model:?} is neither a GGUF generator nor a BERT embedder or reranker: name a \
+                     registry model of kind {GENERATOR_KIND} or embedder-safetensors, or one registered here"
                 ),
             )),
         }
     }
 }
+
+/// Tells a conversion of each tensor (done, total, name) before it is
+/// converted; a `Break` stops it.
+type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str) -> ControlFlow<()>;
 
 impl TrainingJobs {
     pub async fn run_quantize(&self, job: &JobRecord, worker: &str) -> Result<()> {
@@ -131,7 +171,7 @@ impl TrainingJobs {
             )
             .into());
         }
-        let source = self.model_dirs().generator(&params.model).ok_or_else(|| {
+        let source = self.model_dirs().source(&params.model).ok_or_else(|| {
             ragd_core::Error::new(ErrorKind::NotFound, format!("model {:?} is no longer there", params.model))
         })?;
         self.store
@@ -149,15 +189,86 @@ impl TrainingJobs {
             ragd_core::Error::with_source(ErrorKind::Internal, "creating the job's scratch", e)
         })?;
 
+        let mut manifest = json!({
+            "name": name,
+            "base_model": params.model,
+            "job": job.id.to_string(),
+        });
+        let files: &[&str] = match source {
+            Source::Generator(gguf) => {
+                let output = staged.join(GGUF_FILE);
+                let summary = self
+                    .convert(job, worker, &scratch, move |progress| {
+                        ragd_generate::quantize_gguf(&gguf, &output, dtype, progress).map_err(Into::into)
+                    })
+                    .await?;
+                let message = format!(
+                    "wrote {} tensors, {} of them {} (1-D tensors stay f32; rows too short for its \
+                     blocks take a fallback), {} bytes",
+                    summary.tensors, summary.in_target_type, params.dtype, summary.bytes
+                );
+                self.store.append_job_log(job.id, &message).await?;
+                manifest["kind"] = json!(GENERATOR_KIND);
+                manifest["architecture"] = json!(summary.architecture);
+                manifest["quantization"] = json!({
+                    "type": params.dtype,
+                    "tensors": summary.tensors,
+                    "tensors_in_type": summary.in_target_type,
+                    "bytes": summary.bytes,
+                });
+                &[GGUF_FILE]
+            }
+            Source::Bert { dir, manifest: source_manifest } => {
+                let output = staged.clone();
+                let summary = self
+                    .convert(job, worker, &scratch, move |progress| {
+                        ragd_embed::quantize_bert(&dir, &output, progress).map_err(Into::into)
+                    })
+                    .await?;
+                let message = format!(
+                    "wrote {} tensors, the {} Linear weights as q8_0 (embeddings, norms and biases \
+                     stay f32), {} bytes",
+                    summary.tensors, summary.quantized, summary.bytes
+                );
+                self.store.append_job_log(job.id, &message).await?;
+                // What loading and using the model needs carries over.
+                for key in ["kind", "dimensions", "pooling", "normalized", "max_seq_len"] {
+                    if let Some(value) = source_manifest.get(key) {
+                        manifest[key] = value.clone();
+                    }
+                }
+                manifest["quantization"] = json!({
+                    "type": params.dtype,
+                    "weights": ragd_embed::QUANTIZED_WEIGHTS_FILE,
+                    "tensors": summary.tensors,
+                    "tensors_in_type": summary.quantized,
+                    "bytes": summary.bytes,
+                });
+                &[ragd_embed::QUANTIZED_WEIGHTS_FILE, ragd_embed::CONFIG_FILE, ragd_embed::TOKENIZER_FILE]
+            }
+        };
+        self.register(job.id, worker, &name, &staged, &manifest, files).await?;
+        remove_dir(&scratch).await;
+        Ok(())
+    }
+
+    /// Runs `conversion` off the async threads, reports each tensor as a
+    /// step, and stops it at the next tensor once the owner asks to cancel.
+    /// A stopped or failed conversion leaves no scratch behind.
+    async fn convert<T, F>(&self, job: &JobRecord, worker: &str, scratch: &Path, conversion: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Progress<'_>) -> ragd_core::Result<T> + Send + 'static,
+    {
         // One tensor in flight: the conversion waits for each report to be
         // stored, so the progress shown is where it is and a cancel lands
         // on the next tensor.
         let (sender, mut tensors) = tokio::sync::mpsc::channel(1);
         let stop = Arc::new(AtomicBool::new(false));
-        let conversion = {
-            let (stop, output) = (stop.clone(), staged.join(GGUF_FILE));
+        let running = {
+            let stop = stop.clone();
             tokio::task::spawn_blocking(move || {
-                ragd_generate::quantize_gguf(&source, &output, dtype, &mut |done, total, tensor| {
+                conversion(&mut |done, total, tensor| {
                     // A dropped receiver (the job was abandoned) stops it too.
                     if stop.load(Ordering::Relaxed)
                         || sender.blocking_send((done, total, tensor.to_owned())).is_err()
@@ -175,7 +286,7 @@ impl TrainingJobs {
                 tensor = tensors.recv() => match tensor {
                     Some((done, total, tensor)) => {
                         let label = format!("tensor {}/{total}: {tensor}", done + 1);
-                        // The last step is registering the file.
+                        // The last step is registering the model.
                         let progress = done as f64 / (total + 1) as f64;
                         self.store.report_job_progress(job.id, worker, progress, &label, &[]).await?
                     }
@@ -189,44 +300,18 @@ impl TrainingJobs {
                 stop.store(true, Ordering::Relaxed);
             }
         }
-        let summary = match conversion.await? {
-            Ok(summary) => summary,
-            Err(ragd_generate::Error::Stopped) => {
+        match running.await? {
+            Ok(done) => Ok(done),
+            Err(_) if stop.load(Ordering::Relaxed) => {
                 self.store.append_job_log(job.id, "stopped at the owner's request").await?;
-                remove_dir(&scratch).await;
-                return Err(Error::Cancelled);
+                remove_dir(scratch).await;
+                Err(Error::Cancelled)
             }
             Err(other) => {
-                remove_dir(&scratch).await;
-                return Err(ragd_core::Error::from(other).into());
+                remove_dir(scratch).await;
+                Err(other.into())
             }
-        };
-        self.store
-            .append_job_log(
-                job.id,
-                &format!(
-                    "wrote {} tensors, {} of them {} (1-D tensors stay f32; rows too short for its blocks \
-                     take a fallback), {} bytes",
-                    summary.tensors, summary.in_target_type, params.dtype, summary.bytes
-                ),
-            )
-            .await?;
-        let manifest = json!({
-            "name": name,
-            "kind": GENERATOR_KIND,
-            "base_model": params.model,
-            "architecture": summary.architecture,
-            "job": job.id.to_string(),
-            "quantization": {
-                "type": params.dtype,
-                "tensors": summary.tensors,
-                "tensors_in_type": summary.in_target_type,
-                "bytes": summary.bytes,
-            },
-        });
-        self.register(job.id, worker, &name, &staged, &manifest, &[GGUF_FILE]).await?;
-        remove_dir(&scratch).await;
-        Ok(())
+        }
     }
 }
 
@@ -275,8 +360,20 @@ mod tests {
         assert_eq!(dirs.generator("small"), Some(root.join("registered/small/model.gguf")));
         assert_eq!(dirs.generator("ft"), None);
         assert_eq!(dirs.generator("missing"), None);
-        let err = dirs.check_submission(QUANTIZE_KIND, &json!({"model": "ft"})).expect_err("not a generator");
+        let err = dirs.check_submission(QUANTIZE_KIND, &json!({"model": "ft"})).expect_err("no weights");
         assert_eq!(err.kind(), ErrorKind::NotFound);
+
+        let bert = root.join("registry/minilm");
+        std::fs::create_dir_all(&bert).unwrap();
+        std::fs::write(bert.join(ragd_embed::WEIGHTS_FILE), b"weights").unwrap();
+        assert!(matches!(dirs.source("minilm"), Some(Source::Bert { .. })));
+        assert_eq!(dirs.generator("minilm"), None);
+        dirs.check_submission(QUANTIZE_KIND, &json!({"model": "minilm", "type": "q8_0"})).expect("q8_0 BERT");
+        let err = dirs
+            .check_submission(QUANTIZE_KIND, &json!({"model": "minilm", "type": "q4_k"}))
+            .expect_err("q4_k");
+        assert_eq!(err.kind(), ErrorKind::Unprocessable);
+        assert_eq!(dirs.registered_generators(), vec!["small".to_owned()]);
         std::fs::remove_dir_all(root).unwrap();
     }
 
