@@ -8,7 +8,8 @@
 //! Invariant: no vector index, no storage, no HTTP. The ONNX Runtime library
 //! and the models directory are paths handed in by the caller; nothing here
 //! reads environment variables or config files other than the model files
-//! it is pointed at.
+//! it is pointed at, and nothing is written but the directory a conversion
+//! is given.
 
 pub mod bert;
 mod cross;
