@@ -19,16 +19,20 @@ def values(field):
     return [field.parts[i].tolist() for i in field.data]
 
 
-def expected_type(shape, requested):
-    """1-D tensors stay f32; rows that do not fill the type's blocks take
-    Q4_0 (for Q4_K) or f32. `shape` is in ggml order: row length first."""
+def expected_type(shape, requested, output):
+    """1-D tensors stay f32; under Q4_K the output projection takes Q6_K or
+    Q8_0; rows that do not fill the type's blocks take Q4_0 (for Q4_K) or
+    f32. `shape` is in ggml order: row length first."""
     if len(shape) < 2:
         return T.F32
     row = int(shape[0])
-    if row % gguf.GGML_QUANT_SIZES[requested][0] == 0:
-        return requested
-    if requested == T.Q4_K and row % gguf.GGML_QUANT_SIZES[T.Q4_0][0] == 0:
-        return T.Q4_0
+    if requested == T.Q4_K:
+        candidates = [T.Q6_K, T.Q8_0] if output else [T.Q4_K, T.Q4_0]
+    else:
+        candidates = [requested]
+    for candidate in candidates:
+        if row % gguf.GGML_QUANT_SIZES[candidate][0] == 0:
+            return candidate
     return T.F32
 
 
@@ -41,10 +45,11 @@ def main():
     source_tensors = {t.name: t for t in source.tensors}
     written_tensors = {t.name: t for t in written.tensors}
     assert sorted(source_tensors) == sorted(written_tensors), "tensor names differ"
+    output = "output.weight" if "output.weight" in written_tensors else "token_embd.weight"
     counts = {}
     for name, tensor in written_tensors.items():
         assert list(tensor.shape) == list(source_tensors[name].shape), f"{name}: shape {tensor.shape}"
-        want = expected_type(tensor.shape, requested)
+        want = expected_type(tensor.shape, requested, name == output)
         assert tensor.tensor_type == want, f"{name}: {tensor.tensor_type.name}, expected {want.name}"
         counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
     assert counts.get(requested.name, 0) > 0, f"no tensor is {requested.name}: {counts}"

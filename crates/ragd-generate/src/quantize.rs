@@ -4,8 +4,9 @@
 //! result loads wherever the source did.
 //!
 //! Which type each tensor gets follows llama.cpp's rules: 1-D tensors (norms)
-//! stay f32, since they are tiny and precision-critical; a matrix whose rows
-//! do not fill the target's blocks takes a fallback type. For `q4_k` (blocks
+//! stay f32, since they are tiny and precision-critical; under Q4_K the
+//! output projection gets more bits (see [`QuantType::for_tensor`]); a
+//! matrix whose rows do not fill the target's blocks takes a fallback type. For `q4_k` (blocks
 //! of 256) that fallback is Q4_0 (blocks of 32), not llama.cpp's Q5_0,
 //! because candle has no SIMD kernel for Q5_0: the local generator would
 //! convert it to Q8_0 at load, undoing the shrink. SmolLM2's hidden size
@@ -66,20 +67,23 @@ impl QuantType {
         }
     }
 
-    /// The type a tensor of `dims` (candle's order: rows last) is written as.
-    pub fn for_shape(self, dims: &[usize]) -> GgmlDType {
+    /// The type a tensor of `dims` (candle's order: rows last) is written
+    /// as; `output` tells the output projection (`output.weight`, or the
+    /// token embeddings of a model that reuses them as such), which under
+    /// Q4_K gets Q6_K, or Q8_0 when its rows do not fill Q6_K's blocks, as
+    /// llama.cpp does: every logit goes through it.
+    pub fn for_tensor(self, dims: &[usize], output: bool) -> GgmlDType {
         let row = dims.last().copied().unwrap_or(0);
         if dims.len() < 2 {
             return GgmlDType::F32;
         }
-        let target = self.ggml();
-        if row % target.block_size() == 0 {
-            target
-        } else if self == Self::Q4K && row % GgmlDType::Q4_0.block_size() == 0 {
-            GgmlDType::Q4_0
-        } else {
-            GgmlDType::F32
-        }
+        let fits = |dtype: GgmlDType| row % dtype.block_size() == 0;
+        let candidates: &[GgmlDType] = match self {
+            Self::Q4K if output => &[GgmlDType::Q6K, GgmlDType::Q8_0],
+            Self::Q4K => &[GgmlDType::Q4K, GgmlDType::Q4_0],
+            other => &[other.ggml()],
+        };
+        candidates.iter().copied().find(|dtype| fits(*dtype)).unwrap_or(GgmlDType::F32)
     }
 }
 
@@ -87,7 +91,8 @@ impl QuantType {
 #[derive(Debug, Clone)]
 pub struct QuantizeSummary {
     pub tensors: usize,
-    /// Tensors written in the target type; the others took a fallback.
+    /// Tensors written in the target type; the others are 1-D, the output
+    /// projection, or took a fallback.
     pub in_target_type: usize,
     pub architecture: String,
     pub bytes: u64,
@@ -130,6 +135,9 @@ fn convert(
     let mut names: Vec<(&String, u64)> =
         content.tensor_infos.iter().map(|(name, info)| (name, info.offset)).collect();
     names.sort_by_key(|(_, offset)| *offset);
+    let projection = ["output.weight", "token_embd.weight"]
+        .into_iter()
+        .find(|name| content.tensor_infos.contains_key(*name));
     let device = Device::Cpu;
     let total = names.len();
     let mut tensors: Vec<(&str, QTensor)> = Vec::with_capacity(total);
@@ -139,7 +147,7 @@ fn convert(
             return Err(Error::Stopped);
         }
         let tensor = content.tensor(&mut file, name, &device).map_err(unreadable)?;
-        let dtype = target.for_shape(tensor.shape().dims());
+        let dtype = target.for_tensor(tensor.shape().dims(), projection == Some(name.as_str()));
         in_target_type += usize::from(dtype == target.ggml());
         let converted = tensor
             .dequantize(&device)
@@ -175,13 +183,16 @@ mod tests {
 
     #[test]
     fn norms_stay_f32_and_short_rows_take_a_fallback() {
-        assert_eq!(QuantType::Q8_0.for_shape(&[576]), GgmlDType::F32);
-        assert_eq!(QuantType::Q8_0.for_shape(&[192, 576]), GgmlDType::Q8_0);
-        assert_eq!(QuantType::Q8_0.for_shape(&[4, 20]), GgmlDType::F32);
-        assert_eq!(QuantType::Q4K.for_shape(&[576, 1536]), GgmlDType::Q4K);
-        assert_eq!(QuantType::Q4K.for_shape(&[1536, 576]), GgmlDType::Q4_0);
-        assert_eq!(QuantType::F16.for_shape(&[3, 5]), GgmlDType::F16);
-        assert_eq!(QuantType::F16.for_shape(&[5]), GgmlDType::F32);
+        assert_eq!(QuantType::Q8_0.for_tensor(&[576], false), GgmlDType::F32);
+        assert_eq!(QuantType::Q8_0.for_tensor(&[192, 576], false), GgmlDType::Q8_0);
+        assert_eq!(QuantType::Q8_0.for_tensor(&[49152, 576], true), GgmlDType::Q8_0);
+        assert_eq!(QuantType::Q8_0.for_tensor(&[4, 20], false), GgmlDType::F32);
+        assert_eq!(QuantType::Q4K.for_tensor(&[576, 1536], false), GgmlDType::Q4K);
+        assert_eq!(QuantType::Q4K.for_tensor(&[1536, 576], false), GgmlDType::Q4_0);
+        assert_eq!(QuantType::Q4K.for_tensor(&[49152, 576], true), GgmlDType::Q8_0);
+        assert_eq!(QuantType::Q4K.for_tensor(&[49152, 512], true), GgmlDType::Q6K);
+        assert_eq!(QuantType::F16.for_tensor(&[3, 5], false), GgmlDType::F16);
+        assert_eq!(QuantType::F16.for_tensor(&[5], false), GgmlDType::F32);
         assert_eq!(QuantType::parse("q4_k"), Some(QuantType::Q4K));
         assert_eq!(QuantType::parse("q4_1"), None);
     }
