@@ -174,6 +174,10 @@ impl TrainingJobs {
         let source = self.model_dirs().source(&params.model).ok_or_else(|| {
             ragd_core::Error::new(ErrorKind::NotFound, format!("model {:?} is no longer there", params.model))
         })?;
+        if matches!(source, Source::Bert { .. }) && dtype != QuantType::Q8_0 {
+            let reason = format!("model {:?} is a BERT model: its type can only be q8_0", params.model);
+            return Err(ragd_core::Error::new(ErrorKind::Unprocessable, reason).into());
+        }
         self.store
             .append_job_log(
                 job.id,
