@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
-use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_app_with};
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp};
 
 const CODE_WORDS: [&str; 16] = [
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
@@ -55,14 +55,19 @@ async fn submit(app: &TestApp, params: Value) -> Value {
     job
 }
 
-async fn job(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn job(app: &TestApp, id: &str) -> Value {
     let response = app.get(&format!("/v1/jobs/{id}")).await;
     assert_eq!(response.status(), StatusCode::OK);
     response.json().await.unwrap()
 }
 
 /// Polls until `done` holds for the job; returns it.
-async fn wait_job(app: &TestApp, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_job(
+    app: &TestApp,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + limit;
     loop {
         let body = job(app, id).await;
@@ -74,7 +79,7 @@ async fn wait_job(app: &TestApp, id: &str, limit: Duration, done: impl Fn(&Value
     }
 }
 
-fn finished(job: &Value) -> bool {
+pub(crate) fn finished(job: &Value) -> bool {
     matches!(job["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
 }
 

@@ -15,6 +15,7 @@ mod ingest;
 mod jobs;
 mod openai;
 mod openapi;
+mod quantize;
 mod query;
 mod rerank;
 mod search;

@@ -6,9 +6,53 @@
 //! as. Tensor names follow the Hugging Face checkpoints, so the same files
 //! load here, in candle-transformers and in sentence-transformers.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{embedding, linear, Embedding, Init, Linear, VarBuilder};
 use serde::Deserialize;
+
+/// The Linear weights of a model stored quantized (Q8_0), by tensor name;
+/// empty for a model in f32. Such a layer multiplies with candle's
+/// `QMatMul` and has no backward pass: quantized models only serve.
+#[derive(Clone, Default)]
+pub struct QuantizedLinears(pub(crate) Arc<HashMap<String, Arc<QTensor>>>);
+
+/// A Linear layer in f32, or with quantized weights and an f32 bias.
+pub(crate) enum Dense {
+    Float(Linear),
+    Quantized { weight: QMatMul, bias: Tensor },
+}
+
+impl Dense {
+    /// The layer under `vb`'s prefix: quantized when `quantized` holds its
+    /// weight, else from `vb`.
+    pub(crate) fn load(
+        inputs: usize,
+        outputs: usize,
+        vb: VarBuilder,
+        quantized: &QuantizedLinears,
+    ) -> Result<Self> {
+        let name = format!("{}.weight", vb.prefix());
+        let Some(weight) = quantized.0.get(&name) else {
+            return Ok(Self::Float(linear(inputs, outputs, vb)?));
+        };
+        if weight.shape().dims() != [outputs, inputs] {
+            candle_core::bail!("{name} is {:?}, expected ({outputs}, {inputs})", weight.shape());
+        }
+        Ok(Self::Quantized { weight: QMatMul::from_arc(weight.clone())?, bias: vb.get(outputs, "bias")? })
+    }
+
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Float(linear) => linear.forward(xs),
+            // candle's quantized matmul reads its input as laid out in memory.
+            Self::Quantized { weight, bias } => weight.forward(&xs.contiguous()?)?.broadcast_add(bias),
+        }
+    }
+}
 
 /// The fields of a Hugging Face `config.json` this encoder uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,34 +92,39 @@ impl LayerNorm {
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attention_out: Linear,
+    query: Dense,
+    key: Dense,
+    value: Dense,
+    attention_out: Dense,
     attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     output_norm: LayerNorm,
     heads: usize,
     head_size: usize,
 }
 
 impl Layer {
-    fn load(config: &BertConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(config: &BertConfig, vb: VarBuilder, q: &QuantizedLinears) -> Result<Self> {
         let hidden = config.hidden_size;
         let attention = vb.pp("attention");
         Ok(Self {
-            query: linear(hidden, hidden, attention.pp("self").pp("query"))?,
-            key: linear(hidden, hidden, attention.pp("self").pp("key"))?,
-            value: linear(hidden, hidden, attention.pp("self").pp("value"))?,
-            attention_out: linear(hidden, hidden, attention.pp("output").pp("dense"))?,
+            query: Dense::load(hidden, hidden, attention.pp("self").pp("query"), q)?,
+            key: Dense::load(hidden, hidden, attention.pp("self").pp("key"), q)?,
+            value: Dense::load(hidden, hidden, attention.pp("self").pp("value"), q)?,
+            attention_out: Dense::load(hidden, hidden, attention.pp("output").pp("dense"), q)?,
             attention_norm: LayerNorm::load(
                 hidden,
                 config.layer_norm_eps,
                 attention.pp("output").pp("LayerNorm"),
             )?,
-            intermediate: linear(hidden, config.intermediate_size, vb.pp("intermediate").pp("dense"))?,
-            output: linear(config.intermediate_size, hidden, vb.pp("output").pp("dense"))?,
+            intermediate: Dense::load(
+                hidden,
+                config.intermediate_size,
+                vb.pp("intermediate").pp("dense"),
+                q,
+            )?,
+            output: Dense::load(config.intermediate_size, hidden, vb.pp("output").pp("dense"), q)?,
             output_norm: LayerNorm::load(hidden, config.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             heads: config.num_attention_heads,
             head_size: hidden / config.num_attention_heads,
@@ -85,7 +134,7 @@ impl Layer {
     /// `mask` is additive, shaped (batch, 1, 1, tokens).
     fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (batch, tokens, hidden) = xs.dims3()?;
-        let heads = |layer: &Linear| -> Result<Tensor> {
+        let heads = |layer: &Dense| -> Result<Tensor> {
             layer
                 .forward(xs)?
                 .reshape((batch, tokens, self.heads, self.head_size))?
@@ -112,6 +161,12 @@ pub struct Bert {
 
 impl Bert {
     pub fn load(config: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load_quantized(config, vb, &QuantizedLinears::default())
+    }
+
+    /// The model with the Linear weights `quantized` holds taken from it
+    /// rather than from `vb`.
+    pub fn load_quantized(config: &BertConfig, vb: VarBuilder, quantized: &QuantizedLinears) -> Result<Self> {
         if config.hidden_act != "gelu" {
             candle_core::bail!(
                 "unsupported hidden_act {:?}: only \"gelu\" is implemented",
@@ -136,7 +191,7 @@ impl Bert {
             )?,
             embeddings_norm: LayerNorm::load(config.hidden_size, config.layer_norm_eps, emb.pp("LayerNorm"))?,
             layers: (0..config.num_hidden_layers)
-                .map(|n| Layer::load(config, vb.pp("encoder").pp("layer").pp(n)))
+                .map(|n| Layer::load(config, vb.pp("encoder").pp("layer").pp(n), quantized))
                 .collect::<Result<_>>()?,
         })
     }

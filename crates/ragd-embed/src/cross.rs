@@ -14,12 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use tokenizers::{EncodeInput, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use crate::bert::{Bert, BertConfig};
+use crate::bert::{Bert, BertConfig, Dense, QuantizedLinears};
 use crate::error::{Error, Result};
+use crate::quantize::{load_quantized_weights, QUANTIZED_WEIGHTS_FILE};
 
 /// The files of a model directory, base or trained.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -42,17 +43,27 @@ const SCORE_BATCH: usize = 32;
 /// BERT, its pooler and a one-output classification head.
 pub struct CrossEncoderModel {
     bert: Bert,
-    pooler: Linear,
-    classifier: Linear,
+    pooler: Dense,
+    classifier: Dense,
 }
 
 impl CrossEncoderModel {
     pub fn load(config: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::load_quantized(config, vb, &QuantizedLinears::default())
+    }
+
+    /// The model with the Linear weights `quantized` holds taken from it.
+    pub fn load_quantized(
+        config: &BertConfig,
+        vb: VarBuilder,
+        quantized: &QuantizedLinears,
+    ) -> candle_core::Result<Self> {
         let encoder = vb.pp(ENCODER_PREFIX);
+        let hidden = config.hidden_size;
         Ok(Self {
-            bert: Bert::load(config, encoder.clone())?,
-            pooler: linear(config.hidden_size, config.hidden_size, encoder.pp("pooler").pp("dense"))?,
-            classifier: linear(config.hidden_size, 1, vb.pp(CLASSIFIER_PREFIX))?,
+            bert: Bert::load_quantized(config, encoder.clone(), quantized)?,
+            pooler: Dense::load(hidden, hidden, encoder.pp("pooler").pp("dense"), quantized)?,
+            classifier: Dense::load(hidden, 1, vb.pp(CLASSIFIER_PREFIX), quantized)?,
         })
     }
 
@@ -80,12 +91,17 @@ impl std::fmt::Debug for CrossEncoder {
 }
 
 impl CrossEncoder {
-    /// Loads a model directory (`model.safetensors`, `config.json`,
-    /// `tokenizer.json`); pairs are cut to `max_seq_len` tokens, the longer
-    /// text first.
+    /// Loads a model directory (`model.safetensors`, or `model.gguf` for
+    /// a quantized one, `config.json`, `tokenizer.json`); pairs are cut to
+    /// `max_seq_len` tokens, the longer text first.
     pub fn load(name: &str, dir: &Path, max_seq_len: usize) -> Result<Self> {
-        let weights = require(name, &dir.join(WEIGHTS_FILE))?;
         let device = Device::Cpu;
+        let quantized_weights = dir.join(QUANTIZED_WEIGHTS_FILE);
+        if quantized_weights.is_file() {
+            let (vb, quantized) = load_quantized_weights(&quantized_weights, &device)?;
+            return Self::build(name, dir, vb, &quantized, max_seq_len);
+        }
+        let weights = require(name, &dir.join(WEIGHTS_FILE))?;
         // SAFETY: the file is mapped read-only and nothing in ragd writes a
         // model file in place (trained models are written beside and renamed).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
@@ -95,9 +111,19 @@ impl CrossEncoder {
     /// The model of `dir`'s config and tokenizer over the weights `vb`
     /// provides; training passes its variables here.
     pub fn with_weights(name: &str, dir: &Path, vb: VarBuilder, max_seq_len: usize) -> Result<Self> {
+        Self::build(name, dir, vb, &QuantizedLinears::default(), max_seq_len)
+    }
+
+    fn build(
+        name: &str,
+        dir: &Path,
+        vb: VarBuilder,
+        quantized: &QuantizedLinears,
+        max_seq_len: usize,
+    ) -> Result<Self> {
         let config = read_bert_config(name, dir)?;
         let device = vb.device().clone();
-        let model = CrossEncoderModel::load(&config, vb)?;
+        let model = CrossEncoderModel::load_quantized(&config, vb, quantized)?;
         let tokenizer = load_tokenizer(name, dir, max_seq_len.min(config.max_position_embeddings))?;
         Ok(Self { name: name.to_owned(), model, tokenizer, device })
     }

@@ -30,6 +30,10 @@ pub enum Error {
 
     #[error("model computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+
+    /// A conversion was asked to stop, and did.
+    #[error("stopped on request")]
+    Stopped,
 }
 
 impl From<Error> for ragd_core::Error {
@@ -44,7 +48,7 @@ impl From<Error> for ragd_core::Error {
             ),
             Error::UnknownModel { .. } => (ErrorKind::NotFound, err.to_string()),
             Error::Config(message) => (ErrorKind::InvalidInput, message.clone()),
-            Error::Io { .. } | Error::Runtime(_) | Error::Candle(_) => {
+            Error::Io { .. } | Error::Runtime(_) | Error::Candle(_) | Error::Stopped => {
                 (ErrorKind::Internal, "the embedding runtime failed".to_owned())
             }
         };

@@ -2,17 +2,20 @@
 //! registry (`config/models.toml` and the files under the models directory),
 //! the dense embedder (ONNX Runtime through fastembed), the sparse BM25
 //! encoder (Qdrant's text pipeline, CJK aware), and the cross-encoder
-//! reranker (a BERT on candle, shared with `ragd-train`, which trains it).
+//! reranker (a BERT on candle, shared with `ragd-train`, which trains it),
+//! and BERT models with Q8_0 Linear weights (`quantize.rs`).
 //!
 //! Invariant: no vector index, no storage, no HTTP. The ONNX Runtime library
 //! and the models directory are paths handed in by the caller; nothing here
 //! reads environment variables or config files other than the model files
-//! it is pointed at.
+//! it is pointed at, and nothing is written but the directory a conversion
+//! is given.
 
 pub mod bert;
 mod cross;
 mod dense;
 mod error;
+mod quantize;
 mod registry;
 mod sparse;
 
@@ -22,5 +25,6 @@ pub use cross::{
 };
 pub use dense::{EmbedConfig, OnnxEmbedder};
 pub use error::{Error, Result};
+pub use quantize::{load_quantized_weights, quantize_bert, BertQuantizeSummary, QUANTIZED_WEIGHTS_FILE};
 pub use registry::{ModelEntry, ModelFile, ModelManifest, ModelRegistry, ResolvedModel};
 pub use sparse::{Bm25Encoder, SparseConfig};

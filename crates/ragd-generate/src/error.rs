@@ -18,6 +18,11 @@ pub enum Error {
     Config(String),
     #[error("the prompt takes {prompt_tokens} tokens but the model context holds {limit}")]
     ContextOverflow { prompt_tokens: usize, limit: usize },
+    #[error("quantization: {0}")]
+    Quantize(String),
+    /// A conversion was asked to stop, and did.
+    #[error("stopped on request")]
+    Stopped,
 }
 
 fn upstream_message(status: Option<u16>, message: &str) -> String {
@@ -42,6 +47,9 @@ impl From<Error> for ragd_core::Error {
             }
             Error::Tokenizer(_) | Error::Template(_) | Error::Inference(_) => {
                 Self::with_source(ErrorKind::Internal, "generation failed", err)
+            }
+            Error::Quantize(_) | Error::Stopped => {
+                Self::with_source(ErrorKind::Internal, "quantization failed", err)
             }
         }
     }

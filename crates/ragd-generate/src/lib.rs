@@ -2,18 +2,21 @@
 //! candle ([`LocalGguf`]) or any OpenAI-compatible chat API
 //! ([`OpenAiCompatible`]). This crate owns grounded prompts ([`prompt`]),
 //! chat templating, the GGUF tokenizer, sampling, streaming and upstream
-//! retries.
+//! retries, and re-quantizing a GGUF generator ([`quantize_gguf`]).
 //!
 //! Invariant: no retrieval, index, store or HTTP server dependency; it turns
-//! chat messages into streamed text and nothing else. No environment
-//! variables or files are read except the model file it is given.
+//! chat messages into streamed text, and model files into model files, and
+//! nothing else. No environment variables or files are read except the model
+//! files it is given, and none written but the one a conversion names.
 
 mod error;
 mod local;
 mod openai;
 pub mod prompt;
+mod quantize;
 mod template;
 
 pub use error::{Error, Result};
-pub use local::{LocalGguf, LocalGgufConfig};
+pub use local::{LocalGguf, LocalGgufConfig, Perplexity};
 pub use openai::{OpenAiCompatible, OpenAiConfig};
+pub use quantize::{quantize_gguf, QuantType, QuantizeSummary};

@@ -19,6 +19,7 @@ use ragd_train::{Checkpoint, Event, FinetuneConfig, TrainingPair};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::quantize_job::{ModelDirs, QuantizeParams, QUANTIZE_KIND};
 use crate::reranker_job::{FinetuneRerankerParams, FINETUNE_RERANKER_KIND};
 use crate::{Error, Result};
 
@@ -108,7 +109,7 @@ fn default_split() -> String {
 pub(crate) const MAX_INLINE_PAIRS: usize = 100_000;
 
 /// How often a running job looks for a cancel request between reports.
-const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+pub(crate) const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl FinetuneEmbedderParams {
     fn check(&self) -> std::result::Result<(), String> {
@@ -214,19 +215,21 @@ pub fn check_model_name(name: &str) -> std::result::Result<(), String> {
 pub fn validate_submission(kind: &str, params: Value) -> ragd_core::Result<Value> {
     fn checked<P: serde::de::DeserializeOwned + Serialize>(
         params: Value,
-        check: fn(&P) -> std::result::Result<(), String>,
+        check: fn(&mut P) -> std::result::Result<(), String>,
     ) -> ragd_core::Result<Value> {
-        let params: P = serde_json::from_value(params)
+        let mut params: P = serde_json::from_value(params)
             .map_err(|e| ragd_core::Error::new(ErrorKind::Unprocessable, format!("params: {e}")))?;
-        check(&params).map_err(|reason| ragd_core::Error::new(ErrorKind::Unprocessable, reason))?;
-        serde_json::to_value(&params).map_err(|e| ragd_core::Error::with_source(ErrorKind::Internal, "job", e))
+        check(&mut params).map_err(|reason| ragd_core::Error::new(ErrorKind::Unprocessable, reason))?;
+        serde_json::to_value(&params)
+            .map_err(|e| ragd_core::Error::with_source(ErrorKind::Internal, "job", e))
     }
     match kind {
-        FINETUNE_EMBEDDER_KIND => checked(params, FinetuneEmbedderParams::check),
-        FINETUNE_RERANKER_KIND => checked(params, FinetuneRerankerParams::check),
+        FINETUNE_EMBEDDER_KIND => checked(params, |p: &mut FinetuneEmbedderParams| p.check()),
+        FINETUNE_RERANKER_KIND => checked(params, |p: &mut FinetuneRerankerParams| p.check()),
+        QUANTIZE_KIND => checked(params, QuantizeParams::check),
         other => Err(ragd_core::Error::invalid(format!(
             "unknown job kind {other:?}; jobs that can be submitted: {FINETUNE_EMBEDDER_KIND}, \
-             {FINETUNE_RERANKER_KIND}"
+             {FINETUNE_RERANKER_KIND}, {QUANTIZE_KIND}"
         ))),
     }
 }
@@ -258,6 +261,10 @@ impl TrainingJobs {
     /// Where trained models are registered.
     pub fn trained_models_dir(&self) -> PathBuf {
         self.data_dir.join("models")
+    }
+
+    pub(crate) fn model_dirs(&self) -> ModelDirs {
+        ModelDirs { registry: self.registry_dir.clone(), registered: self.trained_models_dir() }
     }
 
     pub(crate) fn scratch_dir(&self, job: JobId) -> PathBuf {
@@ -323,8 +330,10 @@ impl TrainingJobs {
 
         let outcome = {
             let (config, pairs) = (config.clone(), pairs);
-            self.drive(job.id, worker, &scratch, move |stop, observe| ragd_train::finetune(&config, &pairs, stop, observe))
-                .await?
+            self.drive(job.id, worker, &scratch, move |stop, observe| {
+                ragd_train::finetune(&config, &pairs, stop, observe)
+            })
+            .await?
         };
 
         let manifest = json!({
@@ -360,7 +369,9 @@ impl TrainingJobs {
     pub(crate) async fn drive<T, F>(&self, job: JobId, worker: &str, scratch: &Path, train: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&AtomicBool, &mut dyn FnMut(Event) -> ControlFlow<()>) -> ragd_train::Result<T> + Send + 'static,
+        F: FnOnce(&AtomicBool, &mut dyn FnMut(Event) -> ControlFlow<()>) -> ragd_train::Result<T>
+            + Send
+            + 'static,
     {
         let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));

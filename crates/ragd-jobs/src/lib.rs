@@ -3,7 +3,8 @@
 //! job kinds live here too: `ingest`, the pipeline that turns a stored
 //! upload into indexed chunks, and, submitted through the job API,
 //! `finetune-embedder` and `finetune-reranker`, which train models with
-//! `ragd-train`.
+//! `ragd-train`, and `quantize`, which re-quantizes a GGUF generator with
+//! `ragd-generate`.
 //!
 //! Invariant: a job is only ever finished by the worker holding its lease,
 //! and every step of a job is safe to repeat, because a crashed worker's job
@@ -11,6 +12,7 @@
 
 pub mod finetune;
 pub mod ingest;
+pub mod quantize_job;
 pub mod reranker_job;
 mod worker;
 
@@ -20,6 +22,7 @@ use serde::Deserialize;
 
 pub use finetune::{validate_submission, TrainingJobs, FINETUNE_EMBEDDER_KIND};
 pub use ingest::{IngestCounters, IngestPipeline, JobOutcome};
+pub use quantize_job::{ModelDirs, GENERATOR_KIND, QUANTIZE_KIND};
 pub use reranker_job::FINETUNE_RERANKER_KIND;
 pub use worker::{Worker, WorkerHandle};
 

@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::finetune::{TrainingJobs, FINETUNE_EMBEDDER_KIND};
-use crate::reranker_job::FINETUNE_RERANKER_KIND;
 use crate::ingest::{IngestPipeline, JobOutcome};
+use crate::quantize_job::QUANTIZE_KIND;
+use crate::reranker_job::FINETUNE_RERANKER_KIND;
 use crate::{Error, JobsConfig};
 
 /// Wakes idle workers when a job is queued, so a new upload does not wait
@@ -51,7 +52,7 @@ impl Worker {
     }
 
     pub const KINDS: &'static [&'static str] =
-        &[ragd_store::INGEST_JOB_KIND, FINETUNE_EMBEDDER_KIND, FINETUNE_RERANKER_KIND];
+        &[ragd_store::INGEST_JOB_KIND, FINETUNE_EMBEDDER_KIND, FINETUNE_RERANKER_KIND, QUANTIZE_KIND];
 
     /// The known kind spelled `name`.
     pub fn kind(name: &str) -> Option<&'static str> {
@@ -73,7 +74,8 @@ impl Worker {
         let mut backoff = poll;
         while !shutdown.is_cancelled() {
             let woken = self.handle.notify.notified();
-            let claimed = self.store.claim_jobs(&self.name, &self.kinds, lease, self.config.claim_batch.max(1)).await;
+            let claimed =
+                self.store.claim_jobs(&self.name, &self.kinds, lease, self.config.claim_batch.max(1)).await;
             match claimed {
                 Ok(jobs) if !jobs.is_empty() => {
                     backoff = poll;
@@ -175,6 +177,7 @@ impl Worker {
             let outcome = match job.kind.as_str() {
                 FINETUNE_EMBEDDER_KIND => self.training.run(&job, &self.name).await,
                 FINETUNE_RERANKER_KIND => self.training.run_reranker(&job, &self.name).await,
+                QUANTIZE_KIND => self.training.run_quantize(&job, &self.name).await,
                 kind => Err(Error::UnknownKind(kind.to_owned())),
             };
             outcomes.push((job.id, outcome));

@@ -97,7 +97,13 @@ pub struct AnswerConfig {
 
 impl Default for AnswerConfig {
     fn default() -> Self {
-        Self { top_k: 5, max_tokens: 256, temperature: 0.0, history_turns_in_query: 1, prompt: PromptConfig::default() }
+        Self {
+            top_k: 5,
+            max_tokens: 256,
+            temperature: 0.0,
+            history_turns_in_query: 1,
+            prompt: PromptConfig::default(),
+        }
     }
 }
 
@@ -110,6 +116,11 @@ pub struct AppParts {
     pub retriever: Retriever,
     pub generator: Arc<dyn Generator>,
     pub workers: WorkerHandle,
+    /// Where the models that jobs read and chats name are found.
+    pub models: ragd_jobs::ModelDirs,
+    /// The settings of the GGUF generators a chat names other than
+    /// `generator` (their path and name aside).
+    pub local_generation: ragd_generate::LocalGgufConfig,
     pub embedder_model: String,
     pub dimensions: usize,
     pub server: ServerConfig,
@@ -121,12 +132,14 @@ pub struct AppParts {
 pub struct AppState {
     parts: Arc<AppParts>,
     pub(crate) guard: Arc<Guard>,
+    /// The last other GGUF generator a chat named, by name.
+    pub(crate) other_generator: Arc<tokio::sync::Mutex<Option<(String, Arc<dyn Generator>)>>>,
 }
 
 impl AppState {
     pub fn new(parts: AppParts) -> Self {
         let guard = Arc::new(Guard::new(&parts.auth));
-        Self { parts: Arc::new(parts), guard }
+        Self { parts: Arc::new(parts), guard, other_generator: Arc::default() }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use ragd_embed::bert::{Bert, BertConfig};
+use ragd_embed::bert::{Bert, BertConfig, QuantizedLinears};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::{Error, Result};
@@ -32,28 +32,34 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Loads a model directory (`model.safetensors`, `config.json`,
-    /// `tokenizer.json`) for inference; texts are cut at `max_seq_len`
-    /// tokens.
+    /// Loads a model directory (`model.safetensors`, or `model.gguf` for a
+    /// quantized one, `config.json`, `tokenizer.json`) for inference; texts
+    /// are cut at `max_seq_len` tokens.
     pub fn load(dir: &Path, max_seq_len: usize) -> Result<Self> {
         let device = Device::Cpu;
         let config = read_config(dir)?;
+        let quantized_weights = dir.join(ragd_embed::QUANTIZED_WEIGHTS_FILE);
+        if quantized_weights.is_file() {
+            let (vb, quantized) = ragd_embed::load_quantized_weights(&quantized_weights, &device)?;
+            return Self::build(dir, &config, vb, &quantized, max_seq_len, device);
+        }
         let weights = dir.join(WEIGHTS_FILE);
         require(&weights)?;
         // SAFETY: the file is mapped read-only and nothing in ragd writes a
         // model file in place (trained models are written beside and renamed).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
-        Self::build(dir, &config, vb, max_seq_len, device)
+        Self::build(dir, &config, vb, &QuantizedLinears::default(), max_seq_len, device)
     }
 
     fn build(
         dir: &Path,
         config: &BertConfig,
         vb: VarBuilder,
+        quantized: &QuantizedLinears,
         max_seq_len: usize,
         device: Device,
     ) -> Result<Self> {
-        let bert = Bert::load(config, vb)?;
+        let bert = Bert::load_quantized(config, vb, quantized)?;
         let tokenizer = load_tokenizer(dir, max_seq_len.min(config.max_position_embeddings))?;
         Ok(Self { bert, tokenizer, device, dimensions: config.hidden_size })
     }
@@ -207,7 +213,14 @@ pub fn finetune(
     let bert_config = read_config(&config.base_dir)?;
     let mut varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let encoder = Encoder::build(&config.base_dir, &bert_config, vb, config.max_seq_len, device)?;
+    let encoder = Encoder::build(
+        &config.base_dir,
+        &bert_config,
+        vb,
+        &QuantizedLinears::default(),
+        config.max_seq_len,
+        device,
+    )?;
     let start_epoch = config.resume.as_ref().map_or(0, |c| c.epoch);
     let weights = match &config.resume {
         Some(checkpoint) => checkpoint.weights.clone(),

@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use ragd_embed::{
-    CLASSIFIER_PREFIX, CONFIG_FILE, CrossEncoder, ENCODER_PREFIX, TOKENIZER_FILE, WEIGHTS_FILE,
+    CrossEncoder, CLASSIFIER_PREFIX, CONFIG_FILE, ENCODER_PREFIX, TOKENIZER_FILE, WEIGHTS_FILE,
 };
 
 use crate::embedder::{batch_bounds, held_out_count, require, shuffled, splitmix};
@@ -119,7 +119,11 @@ fn train(
     let batches_per_epoch = batch_bounds(train.len(), batch_size).len();
     let total_steps = batches_per_epoch * config.epochs;
     let check = |flow: ControlFlow<()>| {
-        if flow.is_break() || stop.load(Ordering::Relaxed) { Err(Error::Stopped) } else { Ok(()) }
+        if flow.is_break() || stop.load(Ordering::Relaxed) {
+            Err(Error::Stopped)
+        } else {
+            Ok(())
+        }
     };
     check(observe(Event::Log(format!(
         "{} training examples, {} held out, groups of 1 positive + {} negatives, {batches_per_epoch} steps \
@@ -478,6 +482,21 @@ mod tests {
             assert!((a - b).abs() < 1e-5, "in memory {trained:?}, loaded {reloaded:?}");
         }
         assert!(reloaded[0] > reloaded[1], "{reloaded:?}");
+
+        // With its Linear weights in Q8_0 it scores nearly the same.
+        let quantized_dir = dir.path().join("q8_0");
+        std::fs::create_dir_all(&quantized_dir).unwrap();
+        let summary = ragd_embed::quantize_bert(&config.output_dir, &quantized_dir, &mut |_, _, _| {
+            ControlFlow::Continue(())
+        })
+        .expect("quantize");
+        // 6 layers of 6 Linear layers, the pooler and the head.
+        assert_eq!(summary.quantized, 38, "{summary:?}");
+        let quantized = CrossEncoder::load("q8_0", &quantized_dir, config.max_seq_len).expect("loads");
+        let scores = quantized.score_pairs(&pairs).unwrap();
+        for (a, b) in reloaded.iter().zip(&scores) {
+            assert!((a - b).abs() < 0.05 * a.abs().max(1.0), "f32 {reloaded:?}, q8_0 {scores:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! `ragd bench ingest`: the ingestion pipeline's throughput (store, worker,
 //! parse, chunk, embed, index, publish) next to the raw embedder's on the
 //! same chunk texts, in one run, with the process's peak memory.
+//! `ragd bench perplexity`: a GGUF generator's perplexity on a text, with
+//! its file size and decode speed, to compare quantizations of one model.
+//! `ragd bench encoder`: a BERT embedder against its Q8_0 copy.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -26,6 +29,114 @@ pub enum BenchCommand {
     /// Ingest a BEIR corpus into a fresh data directory and compare the
     /// pipeline's throughput with the raw embedder's.
     Ingest(IngestBenchArgs),
+    /// A GGUF generator's perplexity on a plain-text file, its size and
+    /// decode speed.
+    Perplexity(PerplexityArgs),
+    /// A BERT embedder against its Q8_0 copy: cosine of their vectors on
+    /// a corpus's passages, their speed and weight sizes.
+    Encoder(EncoderArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EncoderArgs {
+    /// The f32 model directory (`model.safetensors`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The quantized copy's directory (`model.gguf`), from a `quantize` job.
+    #[arg(long)]
+    pub quantized: PathBuf,
+    /// A BEIR corpus file: one {"_id", "title", "text"} object per line.
+    #[arg(long, default_value = "../shared/eval/scifact/corpus.jsonl")]
+    pub corpus: PathBuf,
+    /// Only the first N passages.
+    #[arg(long, default_value_t = 500)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 256)]
+    pub max_seq_len: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+/// Embeds the passages with both models and prints one JSON line.
+pub fn encoder(args: EncoderArgs) -> anyhow::Result<()> {
+    let mut corpus =
+        ragd_eval::load_corpus(&args.corpus).with_context(|| format!("loading {}", args.corpus.display()))?;
+    corpus.truncate(args.limit);
+    let passages: Vec<String> = corpus.iter().map(|doc| format!("{} {}", doc.title, doc.text)).collect();
+    let passages: Vec<&str> = passages.iter().map(String::as_str).collect();
+    let embed = |dir: &PathBuf| -> anyhow::Result<(Vec<Vec<f32>>, f64)> {
+        let model = ragd_train::Encoder::load(dir, args.max_seq_len)?;
+        let started = Instant::now();
+        let mut vectors = Vec::with_capacity(passages.len());
+        for batch in passages.chunks(args.batch_size.max(1)) {
+            vectors.extend(model.embed(batch)?);
+        }
+        Ok((vectors, started.elapsed().as_secs_f64()))
+    };
+    let (full, full_seconds) = embed(&args.model)?;
+    let (small, small_seconds) = embed(&args.quantized)?;
+    let cosines: Vec<f32> =
+        full.iter().zip(&small).map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum()).collect();
+    let size =
+        |path: PathBuf| std::fs::metadata(&path).map(|m| m.len()).with_context(|| path.display().to_string());
+    let line = serde_json::json!({
+        "passages": passages.len(),
+        "cosine_mean": cosines.iter().sum::<f32>() / cosines.len().max(1) as f32,
+        "cosine_min": cosines.iter().copied().fold(f32::INFINITY, f32::min),
+        "f32_passages_per_second": passages.len() as f64 / full_seconds,
+        "q8_0_passages_per_second": passages.len() as f64 / small_seconds,
+        "f32_bytes": size(args.model.join(ragd_embed::WEIGHTS_FILE))?,
+        "q8_0_bytes": size(args.quantized.join(ragd_embed::QUANTIZED_WEIGHTS_FILE))?,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PerplexityArgs {
+    /// The GGUF file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A plain-text file the model has not been trained on.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Score only the first N tokens of the text.
+    #[arg(long, default_value_t = 2048)]
+    pub tokens: usize,
+    /// Tokens per window; each window starts with an empty context.
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
+    /// Run Q4_1/Q5_x weights as they are instead of converting them to Q8_0
+    /// at load, as `generation.local.requantize_slow_weights` does.
+    #[arg(long)]
+    pub keep_slow_weights: bool,
+}
+
+/// Loads the model and prints one JSON line: file, bytes, tokens,
+/// perplexity, tokens/s.
+pub fn perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
+    let bytes =
+        std::fs::metadata(&args.model).with_context(|| format!("reading {}", args.model.display()))?.len();
+    let config = ragd_generate::LocalGgufConfig {
+        model_path: args.model.clone(),
+        context_tokens: args.window.max(2),
+        requantize_slow_weights: !args.keep_slow_weights,
+        ..Default::default()
+    };
+    let model = ragd_generate::LocalGguf::load(&config)?;
+    let measured = model.perplexity(&text, args.tokens, args.window)?;
+    let line = serde_json::json!({
+        "model": args.model.display().to_string(),
+        "bytes": bytes,
+        "tokens": measured.tokens,
+        "window": args.window,
+        "perplexity": measured.perplexity,
+        "tokens_per_second": measured.tokens_per_second,
+    });
+    println!("{line}");
+    Ok(())
 }
 
 #[derive(Debug, Clone, clap::Args)]

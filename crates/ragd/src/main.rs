@@ -49,7 +49,7 @@ enum Command {
     /// Upload a file or folder to a running server, with progress, and wait
     /// until it is ingested.
     Ingest(ingest::IngestArgs),
-    /// Measure performance: `ragd bench ingest`.
+    /// Measure performance: `ragd bench ingest`, `perplexity`, `encoder`.
     Bench(bench::BenchArgs),
     /// Create, list and revoke API keys, in the database directly.
     Keys(keys::KeysArgs),
@@ -86,6 +86,16 @@ fn main() -> anyhow::Result<()> {
             let config = config::load(cli.config.as_deref(), &overrides)?;
             serve::init_tracing(&config.log)?;
             runtime()?.block_on(bench::run(config, args))
+        }
+        Command::Bench(bench::BenchArgs { command: bench::BenchCommand::Perplexity(args) }) => {
+            let config = config::load(cli.config.as_deref(), &config::Overrides::default())?;
+            serve::init_tracing(&config.log)?;
+            bench::perplexity(args)
+        }
+        Command::Bench(bench::BenchArgs { command: bench::BenchCommand::Encoder(args) }) => {
+            let config = config::load(cli.config.as_deref(), &config::Overrides::default())?;
+            serve::init_tracing(&config.log)?;
+            bench::encoder(args)
         }
         Command::Keys(args) => {
             let overrides = config::Overrides { data_dir: args.data_dir.clone(), server: None };

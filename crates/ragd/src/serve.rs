@@ -151,8 +151,13 @@ impl Engines {
     }
 
     pub fn retriever(&self, config: &Config) -> Retriever {
-        Retriever::new(self.embedder.clone(), self.sparse.clone(), self.index.clone(), config.retrieval.clone())
-            .with_rerankers(self.rerankers.clone())
+        Retriever::new(
+            self.embedder.clone(),
+            self.sparse.clone(),
+            self.index.clone(),
+            config.retrieval.clone(),
+        )
+        .with_rerankers(self.rerankers.clone())
     }
 }
 
@@ -168,13 +173,22 @@ async fn generator(config: &Config, registry: &ModelRegistry) -> anyhow::Result<
     let local_config = LocalGgufConfig {
         model_path: model.file("model.gguf"),
         name: Some(local.model.clone()),
+        ..local_settings(config)
+    };
+    let generator = tokio::task::spawn_blocking(move || LocalGguf::load(&local_config)).await??;
+    Ok(Arc::new(generator))
+}
+
+/// The configured local generation settings, for any GGUF model.
+fn local_settings(config: &Config) -> LocalGgufConfig {
+    let local = &config.generation.local;
+    LocalGgufConfig {
         context_tokens: local.context_tokens,
         repeat_penalty: local.repeat_penalty,
         repeat_last_n: local.repeat_last_n,
         requantize_slow_weights: local.requantize_slow_weights,
-    };
-    let generator = tokio::task::spawn_blocking(move || LocalGguf::load(&local_config)).await??;
-    Ok(Arc::new(generator))
+        ..LocalGgufConfig::default()
+    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -202,6 +216,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         retriever: engines.retriever(&config),
         generator,
         workers,
+        models: ragd_jobs::ModelDirs {
+            registry: config.models.dir.clone(),
+            registered: config.data_dir.join("models"),
+        },
+        local_generation: local_settings(&config),
         embedder_model: engines.embedder.model().to_owned(),
         dimensions: engines.embedder.dimensions(),
         server: config.server.clone(),

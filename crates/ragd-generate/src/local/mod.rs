@@ -103,6 +103,16 @@ impl LocalGgufConfig {
     }
 }
 
+/// What [`LocalGguf::perplexity`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Perplexity {
+    /// Tokens predicted (the first of each window is only context).
+    pub tokens: usize,
+    pub perplexity: f64,
+    /// Tokens read per second, one at a time.
+    pub tokens_per_second: f64,
+}
+
 /// The GGUF architectures candle runs for us.
 enum Weights {
     Llama(quantized_llama::ModelWeights),
@@ -248,6 +258,47 @@ impl LocalGguf {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.shared.tokenizer
+    }
+
+    /// The model's perplexity on `text` (its first `max_tokens` tokens): the
+    /// exponential of the mean negative log-likelihood of each token given
+    /// the ones before it in its window of `window` tokens, each window read
+    /// from an empty cache. Tokens go in one at a time, as in decoding
+    /// (candle's models return only the last position's logits), so the
+    /// rate doubles as decode speed. Blocking; waits for any generation.
+    pub fn perplexity(&self, text: &str, max_tokens: usize, window: usize) -> Result<Perplexity> {
+        let inference = |e: candle_core::Error| Error::Inference(e.to_string());
+        let encoding =
+            self.shared.tokenizer.encode_fast(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let ids = &encoding.get_ids()[..encoding.len().min(max_tokens)];
+        let window = window.clamp(2, self.shared.context_tokens);
+        let mut weights = self.weights.blocking_lock();
+        let (mut scored, mut nll) = (0usize, 0f64);
+        let started = Instant::now();
+        for part in ids.chunks(window).filter(|part| part.len() > 1) {
+            let mut model = weights.session();
+            for (position, pair) in part.windows(2).enumerate() {
+                let logits = model.forward(&pair[..1], position, &self.shared.device)?;
+                let logits = logits
+                    .to_dtype(candle_core::DType::F32)
+                    .and_then(|l| l.to_vec1::<f32>())
+                    .map_err(inference)?;
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let log_sum =
+                    f64::from(max) + logits.iter().map(|&l| f64::from(l - max).exp()).sum::<f64>().ln();
+                nll += log_sum - f64::from(logits[pair[1] as usize]);
+                scored += 1;
+            }
+        }
+        if scored == 0 {
+            return Err(Error::Tokenizer("the text has fewer than 2 tokens".into()));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(Perplexity {
+            tokens: scored,
+            perplexity: (nll / scored as f64).exp(),
+            tokens_per_second: scored as f64 / seconds,
+        })
     }
 
     /// The prompt text the model sees for `messages`, ending with the cue for

@@ -1,5 +1,5 @@
 //! `/v1/jobs`: long-running work submitted by a caller (today the
-//! `finetune-embedder` and `finetune-reranker` kinds) on the same durable
+//! `finetune-embedder`, `finetune-reranker` and `quantize` kinds) on the same durable
 //! queue as ingestion, with its progress, metrics, log lines and artifacts,
 //! and cancellation.
 
@@ -34,7 +34,7 @@ pub fn router() -> Router<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitJob {
-    /// The job kind: `finetune-embedder` or `finetune-reranker`.
+    /// The job kind: `finetune-embedder`, `finetune-reranker` or `quantize`.
     kind: String,
     /// The kind's parameters (see the README).
     #[serde(default = "empty_object")]
@@ -103,7 +103,7 @@ impl JobView {
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitJob,
     responses((status = 202, description = "the queued job", body = JobView),
         (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "the collection a finetune-reranker job names does not exist", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "the collection or model the job names does not exist", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "unknown kind or invalid parameters", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn submit(
     State(state): State<AppState>,
@@ -112,6 +112,7 @@ pub(crate) async fn submit(
 ) -> ApiResult<Response> {
     caller.require(Role::Write)?;
     let mut payload = ragd_jobs::validate_submission(&body.kind, body.params)?;
+    state.models.check_submission(&body.kind, &payload)?;
     if body.kind == ragd_jobs::FINETUNE_RERANKER_KIND {
         // Negatives are mined from the caller's own collection, found now
         // so that a wrong name fails the request rather than the job.
@@ -134,7 +135,9 @@ pub(crate) struct ListParams {
     #[param(minimum = 1)]
     limit: Option<u32>,
     /// The `next_after` of the previous page.
-    #[param(pattern = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")]
+    #[param(
+        pattern = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+    )]
     after: Option<String>,
 }
 

@@ -4,12 +4,15 @@
 //!
 //! Chat model `rag:<collection>` answers the last user message from that
 //! collection with `[n]` citations (earlier turns are conversation history);
-//! the generator's own model name chats without retrieval. Grounded answers
+//! the generator's own model name chats without retrieval, and so does the
+//! name of another GGUF generator (in the registry, or registered here by a
+//! `quantize` job), loaded on first use. Grounded answers
 //! carry extra top-level `sources` and `citations`, which OpenAI clients keep
 //! as unknown fields. Failures stay problem details, except one that happens
 //! mid-stream, which is sent as an OpenAI `{"error": ...}` chunk.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Path, State};
@@ -19,11 +22,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use futures::StreamExt;
-use ragd_core::{ChatMessage, ChatRole, ErrorKind, TokenStream};
+use ragd_core::{ChatMessage, ChatRole, ErrorKind, Generator, TokenStream};
+use ragd_generate::{LocalGguf, LocalGgufConfig};
 use ragd_store::CollectionRecord;
-use serde::Deserialize;
 use serde::de::IgnoredAny;
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::collections::resolve;
@@ -50,7 +54,8 @@ const MAX_EMBEDDING_INPUT_CHARS: usize = 32_768;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ChatBody {
-    /// `rag:<collection id or name>`, or the generator's model name.
+    /// `rag:<collection id or name>`, the generator's model name, or
+    /// another GGUF generator's.
     model: String,
     #[schema(min_items = 1)]
     messages: Vec<WireMessage>,
@@ -180,8 +185,12 @@ impl ChatRequest {
             return Err(ApiError::invalid("n must be 1: one choice is generated per request"));
         }
         let messages = chat_messages(body.messages)?;
-        let sampling =
-            Sampling::parse(state, body.max_completion_tokens.or(body.max_tokens), body.temperature, body.seed)?;
+        let sampling = Sampling::parse(
+            state,
+            body.max_completion_tokens.or(body.max_tokens),
+            body.temperature,
+            body.seed,
+        )?;
         Ok(Self {
             model: body.model,
             messages,
@@ -195,7 +204,7 @@ impl ChatRequest {
 
 enum Target {
     Grounded(CollectionRecord),
-    Chat,
+    Chat(Arc<dyn Generator>),
 }
 
 /// What `model` names: a collection to answer from, or the generator.
@@ -207,10 +216,32 @@ async fn target(state: &AppState, caller: &Caller, model: &str) -> ApiResult<Tar
             Err(error) => return Err(error),
         }
     } else if model == state.generator.model() {
-        return Ok(Target::Chat);
+        return Ok(Target::Chat(state.generator.clone()));
+    } else if let Some(generator) = other_generator(state, model).await? {
+        return Ok(Target::Chat(generator));
     }
     let names: Vec<String> = models(state, caller).await?.into_iter().map(|m| m.id).collect();
     Err(model_not_found(model, &names))
+}
+
+/// A GGUF generator other than the configured one, loaded on first use
+/// with the configured one's settings. Only the latest one asked for stays
+/// loaded, so trying many models costs load time, not memory.
+async fn other_generator(state: &AppState, name: &str) -> ApiResult<Option<Arc<dyn Generator>>> {
+    let Some(path) = state.models.generator(name) else { return Ok(None) };
+    let mut loaded = state.other_generator.lock().await;
+    if let Some((_, generator)) = loaded.as_ref().filter(|(loaded, _)| loaded == name) {
+        return Ok(Some(generator.clone()));
+    }
+    let config =
+        LocalGgufConfig { model_path: path, name: Some(name.to_owned()), ..state.local_generation.clone() };
+    let generator = tokio::task::spawn_blocking(move || LocalGguf::load(&config))
+        .await
+        .map_err(|e| ragd_core::Error::with_source(ErrorKind::Internal, "loading a model failed", e))?
+        .map_err(ragd_core::Error::from)?;
+    let generator: Arc<dyn Generator> = Arc::new(generator);
+    *loaded = Some((name.to_owned(), generator.clone()));
+    Ok(Some(generator))
 }
 
 fn model_not_found(model: &str, available: &[String]) -> ApiError {
@@ -256,7 +287,7 @@ pub(crate) async fn chat_completions(
             grounded(&state, &caller, &collection, request.messages, request.sampling, request.on_behalf_of)
                 .await?
         }
-        Target::Chat => plain(&state, request.messages, request.sampling).await?,
+        Target::Chat(generator) => plain(generator.as_ref(), request.messages, request.sampling).await?,
     };
     let head = Head {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
@@ -318,15 +349,28 @@ async fn grounded(
         Some(pieces) => AnswerText::Generated(pieces),
         None => AnswerText::Fixed(prepared.no_context_answer.clone()),
     };
-    Ok(Pending { text, prompt_tokens: prepared.prompt_tokens, max_tokens: sampling.max_tokens, grounding: Some(prepared) })
+    Ok(Pending {
+        text,
+        prompt_tokens: prepared.prompt_tokens,
+        max_tokens: sampling.max_tokens,
+        grounding: Some(prepared),
+    })
 }
 
-async fn plain(state: &AppState, messages: Vec<ChatMessage>, sampling: Sampling) -> ApiResult<Pending> {
-    let generator = &state.generator;
+async fn plain(
+    generator: &dyn Generator,
+    messages: Vec<ChatMessage>,
+    sampling: Sampling,
+) -> ApiResult<Pending> {
     // The same per-message markup allowance as the grounded prompt's count.
     let prompt_tokens = messages.iter().map(|m| generator.count_tokens(&m.content) + 4).sum();
     let pieces = generator.stream(sampling.request(messages)).await?;
-    Ok(Pending { text: AnswerText::Generated(pieces), prompt_tokens, max_tokens: sampling.max_tokens, grounding: None })
+    Ok(Pending {
+        text: AnswerText::Generated(pieces),
+        prompt_tokens,
+        max_tokens: sampling.max_tokens,
+        grounding: None,
+    })
 }
 
 /// What every response and chunk of one completion repeats.
@@ -350,7 +394,11 @@ impl Head {
 
 /// Pieces are counted as tokens: the local generator sends one per token.
 fn finish_reason(completion_tokens: usize, max_tokens: u32) -> &'static str {
-    if completion_tokens >= max_tokens as usize { "length" } else { "stop" }
+    if completion_tokens >= max_tokens as usize {
+        "length"
+    } else {
+        "stop"
+    }
 }
 
 fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
@@ -460,10 +508,12 @@ impl ModelEntry {
     }
 }
 
-/// The generator, then one grounded model per collection of the caller.
+/// The generator, the GGUF generators registered here, then one grounded
+/// model per collection of the caller.
 async fn models(state: &AppState, caller: &Caller) -> ApiResult<Vec<ModelEntry>> {
     let collections = state.store.list_collections(&caller.tenant).await?;
     let mut models = vec![ModelEntry { id: state.generator.model().to_owned(), created: 0 }];
+    models.extend(state.models.registered_generators().into_iter().map(|id| ModelEntry { id, created: 0 }));
     models.extend(
         collections
             .iter()
@@ -481,7 +531,11 @@ pub(crate) async fn list_models(State(state): State<AppState>, caller: Caller) -
 
 #[utoipa::path(get, path = "/v1/models/{model}", tag = "openai", params(("model" = String, Path, description = "a model id from the list")),
     responses((status = 200, description = "the model", body = ref("#/components/schemas/Model")), (status = 404, description = "no such model", body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn show_model(State(state): State<AppState>, caller: Caller, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+pub(crate) async fn show_model(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(model): Path<String>,
+) -> ApiResult<Json<Value>> {
     let models = models(&state, &caller).await?;
     match models.iter().find(|m| m.id == model) {
         Some(entry) => Ok(Json(entry.to_json())),
@@ -518,7 +572,8 @@ enum EncodingFormat {
 }
 
 fn embedding_inputs(input: Value) -> ApiResult<Vec<String>> {
-    let shape = || ApiError::invalid("input must be a string or an array of strings; token arrays are not supported");
+    let shape =
+        || ApiError::invalid("input must be a string or an array of strings; token arrays are not supported");
     let texts = match input {
         Value::String(text) => vec![text],
         Value::Array(items) => items
@@ -534,7 +589,10 @@ fn embedding_inputs(input: Value) -> ApiResult<Vec<String>> {
         return Err(ApiError::invalid("input must not be empty"));
     }
     if texts.len() > MAX_EMBEDDING_INPUTS {
-        return Err(ApiError::invalid(format!("input has {} texts; the limit is {MAX_EMBEDDING_INPUTS}", texts.len())));
+        return Err(ApiError::invalid(format!(
+            "input has {} texts; the limit is {MAX_EMBEDDING_INPUTS}",
+            texts.len()
+        )));
     }
     for (i, text) in texts.iter().enumerate() {
         if text.trim().is_empty() {
@@ -564,7 +622,10 @@ fn estimated_tokens(texts: &[String]) -> usize {
 #[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbeddingsBody,
     responses((status = 200, description = "one embedding per input, in order", body = ref("#/components/schemas/EmbeddingList")),
         (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not the embedder's model", body = Problem, content_type = "application/problem+json"), (status = 422, description = "well-formed JSON of the wrong shape", body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn embeddings(State(state): State<AppState>, AppJson(body): AppJson<EmbeddingsBody>) -> ApiResult<Json<Value>> {
+pub(crate) async fn embeddings(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<EmbeddingsBody>,
+) -> ApiResult<Json<Value>> {
     let embedder = state.retriever.embedder().clone();
     let model = embedder.model().to_owned();
     if body.model.as_ref().is_some_and(|m| *m != model) {
@@ -584,7 +645,9 @@ pub(crate) async fn embeddings(State(state): State<AppState>, AppJson(body): App
     let vectors = tokio::task::spawn_blocking(move || embedder.embed_documents(&texts))
         .instrument(tracing::info_span!("embed_inputs", count))
         .await
-        .map_err(|join| ApiError(ragd_core::Error::with_source(ErrorKind::Internal, "embedding failed", join)))??;
+        .map_err(|join| {
+            ApiError(ragd_core::Error::with_source(ErrorKind::Internal, "embedding failed", join))
+        })??;
     tracing::info!(count, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "embedded inputs");
     let format = body.encoding_format.unwrap_or(EncodingFormat::Float);
     let data: Vec<Value> = vectors
@@ -636,7 +699,10 @@ mod tests {
             (json!([]), "must not be empty"),
             (json!([{"role": "tool", "content": "x"}]), "role \"tool\" is not supported"),
             (json!([{"role": "user"}]), "has no content"),
-            (json!([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]), "\"image_url\" is not supported"),
+            (
+                json!([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+                "\"image_url\" is not supported",
+            ),
         ];
         for (value, expected) in cases {
             let error = messages(value.clone()).unwrap_err();
@@ -683,6 +749,9 @@ mod tests {
         let error = model_not_found("gpt-x", &names);
         assert_eq!(error.0.kind(), ErrorKind::NotFound);
         let message = error.0.message();
-        assert!(message.contains("rag:c19") && !message.contains("rag:c20") && message.ends_with("and 5 more"), "{message}");
+        assert!(
+            message.contains("rag:c19") && !message.contains("rag:c20") && message.ends_with("and 5 more"),
+            "{message}"
+        );
     }
 }
