@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError, mpsc};
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use fastembed::{InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel};
@@ -43,16 +43,6 @@ pub struct OnnxEmbedder {
     // fastembed's `embed` takes `&mut self`; ONNX Runtime already uses every
     // configured thread per call, so serialising calls costs no throughput.
     model: Mutex<TextEmbedding>,
-    /// Queries waiting for the model. Whoever gets the model next encodes
-    /// all of them in one call: under concurrent searches a call of a few
-    /// short queries costs little more than one, where one call per query
-    /// made each search wait for every query queued before it.
-    waiting_queries: Mutex<Vec<WaitingQuery>>,
-}
-
-struct WaitingQuery {
-    text: String,
-    answer: mpsc::Sender<std::result::Result<Vec<f32>, String>>,
 }
 
 impl std::fmt::Debug for OnnxEmbedder {
@@ -131,7 +121,6 @@ impl OnnxEmbedder {
             dimensions,
             batch_size: AtomicUsize::new(config.batch_size),
             model: Mutex::new(text_embedding),
-            waiting_queries: Mutex::new(Vec::new()),
         };
         // A manifest that disagrees with the model would otherwise surface
         // only when the index rejects the first upsert.
@@ -162,11 +151,10 @@ impl OnnxEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        self.run_on(&mut self.model.lock().unwrap_or_else(PoisonError::into_inner), texts)
-    }
-
-    fn run_on<S: AsRef<str> + Send + Sync>(&self, model: &mut TextEmbedding, texts: &[S]) -> Result<Vec<Vec<f32>>> {
-        let vectors = model
+        let vectors = self
+            .model
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .embed(texts, Some(self.batch_size()))
             .map_err(|err| Error::Runtime(format!("embedding with {:?}: {err}", self.name)))?;
         if vectors.len() != texts.len() {
@@ -178,42 +166,6 @@ impl OnnxEmbedder {
             )));
         }
         Ok(vectors)
-    }
-
-    /// One query's vector, encoded together with every query waiting when
-    /// the model comes free.
-    fn run_query(&self, text: &str) -> Result<Vec<f32>> {
-        let (answer, answered) = mpsc::channel();
-        self.waiting_queries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(WaitingQuery { text: text.to_owned(), answer });
-        let mut model = self.model.lock().unwrap_or_else(PoisonError::into_inner);
-        // Whoever held the model before may have taken this query along; it
-        // answers every query it took before letting the model go.
-        if let Ok(result) = answered.try_recv() {
-            return result.map_err(Error::Runtime);
-        }
-        let queries = std::mem::take(&mut *self.waiting_queries.lock().unwrap_or_else(PoisonError::into_inner));
-        let texts: Vec<&str> = queries.iter().map(|query| query.text.as_str()).collect();
-        tracing::debug!(queries = texts.len(), "encoding waiting queries together");
-        match self.run_on(&mut model, &texts) {
-            Ok(vectors) => {
-                for (query, vector) in queries.into_iter().zip(vectors) {
-                    let _ = query.answer.send(Ok(vector));
-                }
-            }
-            Err(err) => {
-                for query in queries {
-                    let _ = query.answer.send(Err(err.to_string()));
-                }
-            }
-        }
-        drop(model);
-        answered
-            .recv()
-            .map_err(|_| Error::Runtime(format!("model {:?} dropped a query", self.name)))?
-            .map_err(Error::Runtime)
     }
 }
 
@@ -246,7 +198,10 @@ impl ragd_core::Embedder for OnnxEmbedder {
         let _guard = span.enter();
         let started = Instant::now();
         // all-MiniLM was trained symmetric: queries get no instruction prefix.
-        let vector = self.run_query(text)?;
+        let vector = self
+            .run(&[text])?
+            .pop()
+            .ok_or_else(|| Error::Runtime(format!("model {:?} returned no vector", self.name)))?;
         span.record("elapsed_ms", started.elapsed().as_millis() as u64);
         Ok(vector)
     }
@@ -347,25 +302,6 @@ mod tests {
         std::fs::write(&other, b"not a library").unwrap();
         assert!(matches!(ort_environment(&other), Err(Error::Config(_))));
         std::fs::remove_file(&other).unwrap();
-    }
-
-    #[test]
-    fn concurrent_queries_get_their_own_vectors() {
-        let embedder = load_minilm();
-        let queries: Vec<String> = (0..16)
-            .map(|i| format!("question number {i} about {}", ["proteins", "tides", "vaccines", "glaciers"][i % 4]))
-            .collect();
-        let alone: Vec<Vec<f32>> = queries.iter().map(|query| embedder.embed_query(query).unwrap()).collect();
-        let together: Vec<Vec<f32>> = std::thread::scope(|scope| {
-            let handles: Vec<_> =
-                queries.iter().map(|query| scope.spawn(|| embedder.embed_query(query).unwrap())).collect();
-            handles.into_iter().map(|handle| handle.join().unwrap()).collect()
-        });
-        for (i, (one, other)) in alone.iter().zip(&together).enumerate() {
-            let similarity = cosine(one, other);
-            assert!(similarity > 0.9999, "query {i}: cosine {similarity} between alone and together");
-        }
-        assert!(embedder.waiting_queries.lock().unwrap().is_empty());
     }
 
     #[test]
