@@ -135,18 +135,21 @@ pub fn spawn_guard(config: &Config, embedder: Arc<OnnxEmbedder>, shutdown: Cance
             }
             return_free_memory();
             let after = resident_mib().unwrap_or(resident);
-            let batch = embedder.batch_size();
-            if after < threshold || batch == 1 {
+            if after < threshold {
                 continue;
             }
-            embedder.limit_batch_size(batch / 2);
-            tracing::warn!(
-                budget_mib,
-                resident_mib = after,
-                from = batch,
-                to = embedder.batch_size(),
-                "resident memory near the budget: embedding batch halved"
-            );
+            let batch = embedder.batch_size();
+            if batch > 1 {
+                embedder.limit_batch_size(batch / 2);
+                tracing::warn!(
+                    budget_mib,
+                    resident_mib = after,
+                    from = batch,
+                    to = embedder.batch_size(),
+                    "resident memory near the budget: embedding batch halved"
+                );
+            }
+            // A forced collection is not free: at one text, not ten a second.
             tokio::time::sleep(GUARD_SETTLE).await;
         }
     });
