@@ -51,7 +51,9 @@ async fn submit(app: &TestApp, params: Value) -> Value {
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let job: Value = response.json().await.unwrap();
     assert_eq!(location, format!("/v1/jobs/{}", job["id"].as_str().unwrap()));
-    assert_eq!(job["status"], "queued");
+    // The answer is read back after the commit, so an idle worker may
+    // already have claimed the job.
+    assert!(matches!(job["status"].as_str(), Some("queued" | "running")), "{job}");
     job
 }
 
