@@ -93,6 +93,17 @@ async fn quantize_writes_q8_0_and_q4_k_ggufs_that_load_and_chat() {
         models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&"smollm2-small") && ids.contains(&"smollm2-135m-instruct-q8_0"), "{ids:?}");
 
+    // A collection can answer with a registered generator of its own.
+    let settings = json!({"generation": {"model": "smollm2-small"}});
+    let created = app.post_json("/v1/collections", &json!({"name": "own-model", "settings": settings})).await;
+    assert_eq!(created.status(), StatusCode::CREATED, "{}", created.text().await.unwrap());
+    let bridge = app.add_text("own-model", "bridge", "The Zorblax bridge in Tallinn is 412 metres long.", json!({})).await;
+    app.wait_ready("own-model", &bridge).await;
+    let question = json!({"query": "How long is the Zorblax bridge?", "max_tokens": 12});
+    let answer: Value = app.post_json("/v1/collections/own-model/query", &question).await.json().await.unwrap();
+    assert_eq!(answer["model"], "smollm2-small", "{answer}");
+    assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{answer}");
+
     // A quantized model can be quantized again; an existing name is refused when the job runs.
     let again = submit(&app, json!({"model": "smollm2-small", "type": "f16", "name": "smollm2-small"})).await;
     let again = wait_job(&app, &again, Duration::from_secs(300), finished).await;

@@ -52,6 +52,7 @@ async fn collection_settings_are_defaults_requests_can_override() {
         (json!({"settings": {"index": {"quantization": "int8"}}}), "fixed when a collection is created"),
         (json!({"settings": {"retrieval": {"rrf_k": 0}}}), "at least 1"),
         (json!({"settings": {"retrieval": {"colour": 1}}}), "unknown field"),
+        (json!({"settings": {"generation": {"model": "gpt-nowhere"}}}), "no generator is called \"gpt-nowhere\""),
     ];
     for (body, needle) in cases {
         let problem = assert_problem(patch(&app, "tuned", body.clone()).await, StatusCode::BAD_REQUEST).await;

@@ -344,11 +344,12 @@ fn named_schemas() -> Vec<(&'static str, Value)> {
             "QueryAnswer",
             json!({
                 "type": "object",
-                "required": ["sources", "hits", "answer", "citations", "usage", "timings"],
+                "required": ["sources", "hits", "answer", "model", "citations", "usage", "timings"],
                 "properties": {
                     "sources": {"type": "array", "items": reference("Source")},
                     "hits": {"type": "array", "items": reference("HitView")},
                     "answer": {"type": "string"},
+                    "model": {"type": "string", "description": "the generator that answered (the collection's settings.generation.model, else the configured one)"},
                     "citations": {"type": "array", "items": reference("Citation")},
                     "usage": {
                         "type": "object", "required": ["prompt_tokens", "completion_tokens", "sources_used", "hits"],
@@ -376,7 +377,7 @@ fn named_schemas() -> Vec<(&'static str, Value)> {
             json!({
                 "type": "object",
                 "description": "A server-sent event of a streamed answer, with JSON `data`: `sources` (`sources`, `hits`), \
-                    `delta`s (`text`), then `done` (`answer`, `citations`, `usage`, `timings`), or `error` (`detail`)",
+                    `delta`s (`text`), then `done` (`answer`, `model`, `citations`, `usage`, `timings`), or `error` (`detail`)",
                 "required": ["event", "data"],
                 "properties": {
                     "event": {"type": "string", "enum": ["sources", "delta", "done", "error"]},

@@ -63,6 +63,8 @@ pub struct RagRequest<'a> {
 
 /// Everything known before the first generated token.
 pub struct Prepared {
+    /// The generator that answers.
+    pub model: String,
     pub retrieved: Retrieved,
     pub passages: Vec<ContextPassage>,
     pub sources_used: usize,
@@ -110,7 +112,18 @@ pub async fn prepare(state: &AppState, caller: &Caller, request: RagRequest<'_>)
     let passages = state.retriever.expand(&retrieved.hits, window).await?;
     let expand_ms = expand_started.elapsed().as_secs_f64() * 1e3;
 
-    let generator = state.generator.clone();
+    let generator = match &settings.generation.model {
+        None => state.generator.clone(),
+        Some(model) => state.generator_named(model).await?.ok_or_else(|| {
+            ApiError(ragd_core::Error::new(
+                ragd_core::ErrorKind::Conflict,
+                format!(
+                    "the collection's settings.generation.model {model:?} is no longer registered; \
+                     change the setting or register the model again"
+                ),
+            ))
+        })?,
+    };
     let count = |text: &str| generator.count_tokens(text);
     let budget = generator.context_tokens().saturating_sub(request.sampling.max_tokens as usize);
     let history = recent_history(request.history, budget / 2, &count);
@@ -122,6 +135,7 @@ pub async fn prepare(state: &AppState, caller: &Caller, request: RagRequest<'_>)
         Some(generator.stream(request.sampling.request(packed.messages)).await?)
     };
     Ok(Prepared {
+        model: generator.model().to_owned(),
         retrieved,
         passages,
         sources_used: packed.sources_used,

@@ -16,6 +16,7 @@ use crate::rag::MAX_NEIGHBOUR_WINDOW;
 pub struct CollectionSettings {
     pub retrieval: RetrievalDefaults,
     pub prompt: PromptOverrides,
+    pub generation: GenerationDefaults,
     /// Fixed at creation: shards, replicas, on-disk storage, quantization.
     #[schema(schema_with = crate::openapi::index_settings)]
     pub index: IndexSettings,
@@ -65,6 +66,20 @@ impl RetrievalDefaults {
             (_, chosen) => Ok(chosen.map(str::to_owned)),
         }
     }
+}
+
+/// Which model writes this collection's grounded answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationDefaults {
+    /// The configured generator or a GGUF generator registered in the
+    /// models directory (by a `quantize` or `finetune-generator` job, say);
+    /// the configured generator when absent. Checked when the settings are
+    /// written; a model deleted since then fails the collection's answers
+    /// with a 409 that names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256)]
+    pub model: Option<String>,
 }
 
 /// Replaces the configured prompt's parts for this collection, e.g. a

@@ -2,14 +2,16 @@
 
 use std::sync::Arc;
 
-use ragd_core::{Generator, VectorIndex};
+use ragd_core::{ErrorKind, Generator, VectorIndex};
 use ragd_generate::prompt::PromptConfig;
+use ragd_generate::{LocalGguf, LocalGgufConfig};
 use ragd_jobs::WorkerHandle;
 use ragd_retrieve::Retriever;
 use ragd_store::{BlobStore, Store};
 use serde::Deserialize;
 
 use crate::auth::Guard;
+use crate::error::ApiResult;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -140,6 +142,39 @@ impl AppState {
     pub fn new(parts: AppParts) -> Self {
         let guard = Arc::new(Guard::new(&parts.auth));
         Self { parts: Arc::new(parts), guard, other_generator: Arc::default() }
+    }
+}
+
+impl AppState {
+    /// The configured generator, or another GGUF generator registered in
+    /// the models directory, by name; `None` when neither is called `name`.
+    /// Another generator is loaded on first use with the configured one's
+    /// settings, and only the latest one asked for stays loaded, so trying
+    /// many models costs load time, not memory.
+    pub(crate) async fn generator_named(&self, name: &str) -> ApiResult<Option<Arc<dyn Generator>>> {
+        if name == self.generator.model() {
+            return Ok(Some(self.generator.clone()));
+        }
+        let Some(path) = self.models.generator(name) else { return Ok(None) };
+        let mut loaded = self.other_generator.lock().await;
+        if let Some((_, generator)) = loaded.as_ref().filter(|(loaded, _)| loaded == name) {
+            return Ok(Some(generator.clone()));
+        }
+        let config =
+            LocalGgufConfig { model_path: path, name: Some(name.to_owned()), ..self.local_generation.clone() };
+        let generator = tokio::task::spawn_blocking(move || LocalGguf::load(&config))
+            .await
+            .map_err(|e| ragd_core::Error::with_source(ErrorKind::Internal, "loading a model failed", e))?
+            .map_err(ragd_core::Error::from)?;
+        let generator: Arc<dyn Generator> = Arc::new(generator);
+        *loaded = Some((name.to_owned(), generator.clone()));
+        Ok(Some(generator))
+    }
+
+    /// Whether `name` is a generator [`AppState::generator_named`] finds,
+    /// without loading it.
+    pub(crate) fn has_generator(&self, name: &str) -> bool {
+        name == self.generator.model() || self.models.generator(name).is_some()
     }
 }
 

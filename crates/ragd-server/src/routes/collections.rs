@@ -68,6 +68,7 @@ pub(crate) async fn create(
         Value::Null => CollectionSettings::default(),
         value => CollectionSettings::from_request(value)?,
     };
+    check_generator(&state, &settings)?;
     let record = state
         .store
         .create_collection(&NewCollection {
@@ -90,6 +91,20 @@ pub(crate) async fn create(
         .extensions_mut()
         .insert(AuditScope { target: format!("collection {}", record.id), tenant: Some(record.tenant) });
     Ok(response)
+}
+
+fn check_generator(state: &AppState, settings: &CollectionSettings) -> ApiResult<()> {
+    match &settings.generation.model {
+        Some(model) if !state.has_generator(model) => {
+            let mut known = vec![state.generator.model().to_owned()];
+            known.extend(state.models.registered_generators());
+            Err(ApiError::invalid(format!(
+                "settings.generation.model: no generator is called {model:?}; known: {}",
+                known.join(", ")
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_description(description: &str) -> ApiResult<()> {
@@ -118,6 +133,7 @@ pub(crate) async fn update(
         None => None,
         Some(value) => {
             let settings = CollectionSettings::from_request(value)?;
+            check_generator(&state, &settings)?;
             if settings.index != CollectionSettings::of(&record)?.index {
                 return Err(ApiError::invalid(
                     "settings.index is fixed when a collection is created; send it unchanged",

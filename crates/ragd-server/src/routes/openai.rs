@@ -23,7 +23,6 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use futures::StreamExt;
 use ragd_core::{ChatMessage, ChatRole, ErrorKind, Generator, TokenStream};
-use ragd_generate::{LocalGguf, LocalGgufConfig};
 use ragd_store::CollectionRecord;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -215,33 +214,11 @@ async fn target(state: &AppState, caller: &Caller, model: &str) -> ApiResult<Tar
             Err(error) if error.0.kind() == ErrorKind::NotFound => {}
             Err(error) => return Err(error),
         }
-    } else if model == state.generator.model() {
-        return Ok(Target::Chat(state.generator.clone()));
-    } else if let Some(generator) = other_generator(state, model).await? {
+    } else if let Some(generator) = state.generator_named(model).await? {
         return Ok(Target::Chat(generator));
     }
     let names: Vec<String> = models(state, caller).await?.into_iter().map(|m| m.id).collect();
     Err(model_not_found(model, &names))
-}
-
-/// A GGUF generator other than the configured one, loaded on first use
-/// with the configured one's settings. Only the latest one asked for stays
-/// loaded, so trying many models costs load time, not memory.
-async fn other_generator(state: &AppState, name: &str) -> ApiResult<Option<Arc<dyn Generator>>> {
-    let Some(path) = state.models.generator(name) else { return Ok(None) };
-    let mut loaded = state.other_generator.lock().await;
-    if let Some((_, generator)) = loaded.as_ref().filter(|(loaded, _)| loaded == name) {
-        return Ok(Some(generator.clone()));
-    }
-    let config =
-        LocalGgufConfig { model_path: path, name: Some(name.to_owned()), ..state.local_generation.clone() };
-    let generator = tokio::task::spawn_blocking(move || LocalGguf::load(&config))
-        .await
-        .map_err(|e| ragd_core::Error::with_source(ErrorKind::Internal, "loading a model failed", e))?
-        .map_err(ragd_core::Error::from)?;
-    let generator: Arc<dyn Generator> = Arc::new(generator);
-    *loaded = Some((name.to_owned(), generator.clone()));
-    Ok(Some(generator))
 }
 
 fn model_not_found(model: &str, available: &[String]) -> ApiError {

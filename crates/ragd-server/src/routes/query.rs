@@ -168,6 +168,7 @@ fn finish_json(body: &mut Value, prepared: &Prepared, answer: &str, completion_t
     let citations: Vec<Value> = prepared.cited(answer).into_iter().map(|n| prepared.citation(n)).collect();
     let timings = prepared.retrieved.timings;
     body["answer"] = json!(answer);
+    body["model"] = json!(prepared.model);
     body["citations"] = json!(citations);
     body["usage"] = json!({
         "prompt_tokens": prepared.prompt_tokens,
