@@ -21,13 +21,13 @@ def values(field):
 
 def expected_type(shape, requested, output):
     """1-D tensors stay f32; under Q4_K the output projection takes Q6_K or
-    Q8_0; rows that do not fill the type's blocks take Q4_0 (for Q4_K) or
+    Q8_0; rows that do not fill the type's blocks take Q5_0 (for Q4_K) or
     f32. `shape` is in ggml order: row length first."""
     if len(shape) < 2:
         return T.F32
     row = int(shape[0])
     if requested == T.Q4_K:
-        candidates = [T.Q6_K, T.Q8_0] if output else [T.Q4_K, T.Q4_0]
+        candidates = [T.Q6_K, T.Q8_0] if output else [T.Q4_K, T.Q5_0]
     else:
         candidates = [requested]
     for candidate in candidates:

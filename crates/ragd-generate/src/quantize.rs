@@ -7,10 +7,12 @@
 //! stay f32, since they are tiny and precision-critical; under Q4_K the
 //! output projection gets more bits (see [`QuantType::for_tensor`]); a
 //! matrix whose rows do not fill the target's blocks takes a fallback type. For `q4_k` (blocks
-//! of 256) that fallback is Q4_0 (blocks of 32), not llama.cpp's Q5_0,
-//! because candle has no SIMD kernel for Q5_0: the local generator would
-//! convert it to Q8_0 at load, undoing the shrink. SmolLM2's hidden size
-//! (576) is not a multiple of 256, so most of its matrices take the fallback.
+//! of 256) that fallback is llama.cpp's, Q5_0 (blocks of 32). SmolLM2's
+//! hidden size (576) is not a multiple of 256, so most of its matrices take
+//! it. Q4_0 would keep the file smaller, but measured 18.8% above f32's
+//! perplexity against Q5_0's 9.4% (BENCHMARKS.md). candle has no SIMD
+//! kernel for Q5_0, so the local generator holds those matrices as Q8_0 once
+//! loaded: the file shrinks, the served model less.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -80,7 +82,7 @@ impl QuantType {
         let fits = |dtype: GgmlDType| row % dtype.block_size() == 0;
         let candidates: &[GgmlDType] = match self {
             Self::Q4K if output => &[GgmlDType::Q6K, GgmlDType::Q8_0],
-            Self::Q4K => &[GgmlDType::Q4K, GgmlDType::Q4_0],
+            Self::Q4K => &[GgmlDType::Q4K, GgmlDType::Q5_0],
             other => &[other.ggml()],
         };
         candidates.iter().copied().find(|dtype| fits(*dtype)).unwrap_or(GgmlDType::F32)
@@ -188,7 +190,7 @@ mod tests {
         assert_eq!(QuantType::Q8_0.for_tensor(&[49152, 576], true), GgmlDType::Q8_0);
         assert_eq!(QuantType::Q8_0.for_tensor(&[4, 20], false), GgmlDType::F32);
         assert_eq!(QuantType::Q4K.for_tensor(&[576, 1536], false), GgmlDType::Q4K);
-        assert_eq!(QuantType::Q4K.for_tensor(&[1536, 576], false), GgmlDType::Q4_0);
+        assert_eq!(QuantType::Q4K.for_tensor(&[1536, 576], false), GgmlDType::Q5_0);
         assert_eq!(QuantType::Q4K.for_tensor(&[49152, 576], true), GgmlDType::Q8_0);
         assert_eq!(QuantType::Q4K.for_tensor(&[49152, 512], true), GgmlDType::Q6K);
         assert_eq!(QuantType::F16.for_tensor(&[3, 5], false), GgmlDType::F16);
