@@ -65,12 +65,14 @@ fn main() -> anyhow::Result<()> {
             };
             let config = config::load(cli.config.as_deref(), &overrides)?;
             serve::init_tracing(&config.log)?;
+            memory::limit_c_heap(&config);
             runtime()?.block_on(serve::run(config))
         }
         Command::Worker(args) => {
             let overrides = config::Overrides { data_dir: args.data_dir.clone(), server: None };
             let config = config::load(cli.config.as_deref(), &overrides)?;
             serve::init_tracing(&config.log)?;
+            memory::limit_c_heap(&config);
             runtime()?.block_on(worker::run(config, args))
         }
         Command::Eval(args) => {
