@@ -113,7 +113,10 @@ async fn finetune_generator_trains_an_adapter_and_a_merged_model_that_chats() {
     let adapter_dir = PathBuf::from(artifacts[0]["path"].as_str().unwrap());
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(adapter_dir.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["lora"], json!({"rank": 4, "alpha": 8.0, "targets": ["q_proj", "v_proj"], "tensor_names": "gguf"}));
+    assert_eq!(
+        manifest["lora"],
+        json!({"rank": 4, "alpha": 8.0, "targets": ["q_proj", "v_proj"], "tensor_names": "gguf"})
+    );
     assert_eq!(manifest["merged_model"], "tiny-lora-merged");
     assert!(manifest["validation"]["perplexity"].as_f64().unwrap() > 1.0, "{manifest}");
     // 30 layers, A (4 x 576) and B: q is 576 wide out, v 192.
@@ -136,7 +139,8 @@ async fn finetune_generator_trains_an_adapter_and_a_merged_model_that_chats() {
     eprintln!("the merged model says: {text:?}");
     assert!(!text.trim().is_empty(), "{answer}");
     let models: Value = app.get("/v1/models").await.json().await.unwrap();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&"tiny-lora-merged") && !ids.contains(&"tiny-lora"), "{ids:?}");
 
     // A second adapter of the same name is refused when the job runs.
@@ -161,7 +165,10 @@ async fn finetune_generator_reads_jsonl_and_builds_questions_from_a_collection()
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(values(&done, "loss").len(), 1, "4 conversations in one batch: {done}");
     assert!(logs(&done).iter().any(|l| l.starts_with("4 training conversations, 0 held out")), "{done}");
-    assert!(done["artifacts"][0]["name"].as_str().unwrap().starts_with("smollm2-135m-instruct-lora-"), "{done}");
+    assert!(
+        done["artifacts"][0]["name"].as_str().unwrap().starts_with("smollm2-135m-instruct-lora-"),
+        "{done}"
+    );
 
     let collection = app.create_collection("handbook").await;
     let notes = [
@@ -180,7 +187,10 @@ async fn finetune_generator_reads_jsonl_and_builds_questions_from_a_collection()
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["params"]["dataset"]["collection"], collection, "stored by id");
     let logs = logs(&done);
-    assert!(logs.iter().any(|l| l == "built 3 questions and answers from the collection's chunks"), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l == "built 3 questions and answers from the collection's chunks"),
+        "{logs:?}"
+    );
 
     let response = app
         .post_json("/v1/jobs", &json!({"kind": KIND, "params": {"dataset": {"jsonl": "missing.jsonl"}}}))
@@ -188,7 +198,11 @@ async fn finetune_generator_reads_jsonl_and_builds_questions_from_a_collection()
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let missing: Value = response.json().await.unwrap();
     let failed = wait_job(&app, missing["id"].as_str().unwrap(), Duration::from_secs(120), finished).await;
-    assert_eq!((failed["status"].as_str(), failed["attempts"].as_i64()), (Some("failed"), Some(1)), "{failed}");
+    assert_eq!(
+        (failed["status"].as_str(), failed["attempts"].as_i64()),
+        (Some("failed"), Some(1)),
+        "{failed}"
+    );
     assert!(failed["error"].as_str().unwrap().contains("cannot read dataset"), "{failed}");
 }
 
@@ -221,11 +235,23 @@ async fn a_cancelled_lora_run_stops_promptly_and_frees_the_worker() {
 async fn finetune_generator_requests_are_validated() {
     let app = spawn_app().await;
     let cases = [
-        (json!({"examples": examples(2), "base_model": "no-such-model"}), StatusCode::NOT_FOUND, "no-such-model"),
-        (json!({"examples": examples(2), "base_model": "all-minilm-l6-v2"}), StatusCode::NOT_FOUND, "not a GGUF generator"),
+        (
+            json!({"examples": examples(2), "base_model": "no-such-model"}),
+            StatusCode::NOT_FOUND,
+            "no-such-model",
+        ),
+        (
+            json!({"examples": examples(2), "base_model": "all-minilm-l6-v2"}),
+            StatusCode::NOT_FOUND,
+            "not a GGUF generator",
+        ),
         (json!({"dataset": {"collection": "nowhere"}}), StatusCode::NOT_FOUND, "nowhere"),
         (json!({"examples": examples(1)}), StatusCode::UNPROCESSABLE_ENTITY, "at least 2"),
-        (json!({"examples": examples(2), "targets": ["lm_head"]}), StatusCode::UNPROCESSABLE_ENTITY, "lm_head"),
+        (
+            json!({"examples": examples(2), "targets": ["lm_head"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "lm_head",
+        ),
         (json!({"examples": examples(2), "rank": 0}), StatusCode::UNPROCESSABLE_ENTITY, "rank"),
         (json!({"examples": examples(2), "dropout": 0.1}), StatusCode::UNPROCESSABLE_ENTITY, "unknown field"),
         (json!({"dataset": {"jsonl": "../etc/passwd"}}), StatusCode::UNPROCESSABLE_ENTITY, "dataset.jsonl"),

@@ -166,7 +166,9 @@ impl FinetuneGeneratorParams {
         match (&self.dataset, self.examples.len()) {
             (Some(_), 0) => {}
             (Some(_), _) => return Err("give either examples or dataset, not both".to_owned()),
-            (None, 0 | 1) => return Err("examples needs at least 2 conversations (or give a dataset)".to_owned()),
+            (None, 0 | 1) => {
+                return Err("examples needs at least 2 conversations (or give a dataset)".to_owned())
+            }
             (None, n) if n > MAX_INLINE_EXAMPLES => {
                 return Err(format!("at most {MAX_INLINE_EXAMPLES} inline examples; use a dataset for more"))
             }
@@ -257,9 +259,11 @@ impl ConversationDataset {
             (Some(path), None) => {
                 let inside = path.components().all(|part| matches!(part, Component::Normal(_)));
                 if !inside || path.as_os_str().is_empty() {
-                    return Err("dataset.jsonl must be a relative path inside the server's datasets directory, \
+                    return Err(
+                        "dataset.jsonl must be a relative path inside the server's datasets directory, \
                                 without '..'"
-                        .to_owned());
+                            .to_owned(),
+                    );
                 }
             }
             (None, Some(collection)) if collection.trim().is_empty() => {
@@ -306,7 +310,9 @@ impl TrainingJobs {
         let scratch = self.scratch_dir(job.id);
         let resume = resume_point(job);
         let message = match &resume {
-            Some(checkpoint) => format!("attempt {}: resuming after epoch {}", job.attempts, checkpoint.epoch),
+            Some(checkpoint) => {
+                format!("attempt {}: resuming after epoch {}", job.attempts, checkpoint.epoch)
+            }
             None => format!(
                 "attempt {}: training LoRA adapter {name} of {} on {} conversations",
                 job.attempts,
@@ -434,7 +440,10 @@ impl TrainingJobs {
                 self.store
                     .append_job_log(
                         job.id,
-                        &format!("built {} questions and answers from the collection's chunks", conversations.len()),
+                        &format!(
+                            "built {} questions and answers from the collection's chunks",
+                            conversations.len()
+                        ),
                     )
                     .await?;
                 conversations
@@ -466,8 +475,11 @@ impl TrainingJobs {
             let documents = self.store.list_documents(collection, after, DOCUMENT_PAGE).await?;
             let Some(last) = documents.last() else { break };
             after = Some(last.id);
-            for document in documents.iter().filter(|d| d.status == DocumentStatus::Ready && d.chunk_count > 0) {
-                let indices: Vec<u32> = (0..u32::try_from(document.chunk_count).unwrap_or(u32::MAX)).collect();
+            for document in
+                documents.iter().filter(|d| d.status == DocumentStatus::Ready && d.chunk_count > 0)
+            {
+                let indices: Vec<u32> =
+                    (0..u32::try_from(document.chunk_count).unwrap_or(u32::MAX)).collect();
                 let chunks = index.chunks(collection, document.id, document.version, &indices).await?;
                 for chunk in &chunks {
                     if !seen.insert((chunk.document, chunk.heading_path.clone())) {
@@ -514,7 +526,8 @@ fn question_and_answer(chunk: &ChunkPayload) -> Option<Vec<ChatMessage>> {
 }
 
 async fn read_jsonl(path: &Path, shown: &Path, limit: usize) -> Result<Vec<Vec<ChatMessage>>> {
-    let unprocessable = |message: String| Error::from(ragd_core::Error::new(ErrorKind::Unprocessable, message));
+    let unprocessable =
+        |message: String| Error::from(ragd_core::Error::new(ErrorKind::Unprocessable, message));
     let text = tokio::fs::read_to_string(path)
         .await
         .map_err(|e| unprocessable(format!("cannot read dataset {}: {e}", shown.display())))?;
@@ -526,7 +539,9 @@ async fn read_jsonl(path: &Path, shown: &Path, limit: usize) -> Result<Vec<Vec<C
         let line: JsonlLine = serde_json::from_str(line)
             .map_err(|e| unprocessable(format!("{} line {}: {e}", shown.display(), n + 1)))?;
         let conversation = ConversationParams { messages: line.messages };
-        conversation.check().map_err(|reason| unprocessable(format!("{} line {}: {reason}", shown.display(), n + 1)))?;
+        conversation
+            .check()
+            .map_err(|reason| unprocessable(format!("{} line {}: {reason}", shown.display(), n + 1)))?;
         conversations.push(conversation.into_messages());
     }
     Ok(conversations)
@@ -619,7 +634,11 @@ mod tests {
         let long = "The index is one shard per collection. ".repeat(20);
         let qa = question_and_answer(&chunk("Guide", "Guide > Install > Linux", &long)).expect("qa");
         assert_eq!(qa[0].content, "What does \"Guide\" say about Linux?");
-        assert!(qa[1].content.len() <= ANSWER_CHARS && qa[1].content.ends_with("collection."), "{}", qa[1].content);
+        assert!(
+            qa[1].content.len() <= ANSWER_CHARS && qa[1].content.ends_with("collection."),
+            "{}",
+            qa[1].content
+        );
         let qa = question_and_answer(&chunk("Notes", "", "Workers  claim\njobs under a lease.")).expect("qa");
         assert_eq!(
             (qa[0].content.as_str(), qa[1].content.as_str()),

@@ -52,9 +52,8 @@ impl ChatTokenizer {
         for (turn, _) in messages.iter().enumerate().filter(|(_, m)| m.role == ChatRole::Assistant) {
             let prompt = self.template.render_turns(&messages[..turn], true);
             let answered = self.template.render_turns(&messages[..=turn], false);
-            let stable = whole.starts_with(&answered)
-                && answered.starts_with(&prompt)
-                && prompt.len() >= done;
+            let stable =
+                whole.starts_with(&answered) && answered.starts_with(&prompt) && prompt.len() >= done;
             if !stable {
                 return Err(Error::Template(
                     "the chat template renders a conversation's start differently as more turns follow, \
@@ -74,7 +73,8 @@ impl ChatTokenizer {
         if text.is_empty() {
             return Ok(());
         }
-        let encoding = self.tokenizer.encode_fast(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let encoding =
+            self.tokenizer.encode_fast(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         chat.ids.extend_from_slice(encoding.get_ids());
         chat.assistant.resize(chat.ids.len(), assistant);
         Ok(())
@@ -95,7 +95,8 @@ mod tests {
     use super::*;
 
     fn smollm2() -> ChatTokenizer {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/smollm2-135m-instruct/model.gguf");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/smollm2-135m-instruct/model.gguf");
         let mut file = File::open(&path).expect("model files are missing: run scripts/fetch-models first");
         let content = gguf_file::Content::read(&mut file).expect("gguf");
         ChatTokenizer::from_gguf_metadata(&content.metadata).expect("tokenizer")
@@ -112,13 +113,17 @@ mod tests {
         ];
         let chat = tokenizer.encode(&messages).expect("encode");
         assert_eq!(chat.ids.len(), chat.assistant.len());
-        let marked: Vec<u32> = chat.ids.iter().zip(&chat.assistant).filter(|(_, a)| **a).map(|(id, _)| *id).collect();
+        let marked: Vec<u32> =
+            chat.ids.iter().zip(&chat.assistant).filter(|(_, a)| **a).map(|(id, _)| *id).collect();
         let text = tokenizer.tokenizer().decode(&marked, false).expect("decode");
         assert_eq!(text, "Blue.<|im_end|>\nGreen.<|im_end|>\n");
         // The whole sequence is the template's rendering, default system
         // prompt included.
         let whole = tokenizer.tokenizer().decode(&chat.ids, false).expect("decode");
-        assert!(whole.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), "{whole}");
+        assert!(
+            whole.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"),
+            "{whole}"
+        );
         assert!(whole.ends_with("<|im_start|>assistant\nGreen.<|im_end|>\n"), "{whole}");
     }
 }
