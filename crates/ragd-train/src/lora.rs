@@ -287,6 +287,42 @@ fn gguf_error(path: &Path, error: candle_core::Error) -> Error {
     Error::Generator(format!("{}: {error}", path.display()))
 }
 
+/// `x Wᵀ` for a frozen `W`: candle's matmul backward computes the
+/// gradient of both operands, and the weight's alone would cost as much as
+/// the forward pass (and keep a gradient the size of the model); this op's
+/// backward computes only the input's.
+struct Frozen(Tensor);
+
+impl candle_core::CustomOp1 for Frozen {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(data), Some((from, to))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("frozen-linear takes a contiguous f32 input")
+        };
+        let x = Tensor::from_slice(&data[from..to], layout.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.0.t()?)?;
+        let shape = y.shape().clone();
+        Ok((candle_core::CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.0)?))
+    }
+}
+
+/// `x Wᵀ`, `x` (rows, in), `weight` (out, in), differentiable in `x` only.
+fn frozen_linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Frozen(weight.clone()))
+}
+
 /// A frozen base weight and, when it is a target, its adapter.
 struct Projection {
     /// (out, in)
@@ -297,7 +333,7 @@ struct Projection {
 impl Projection {
     /// `x` is (tokens, in).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = frozen_linear(x, &self.weight)?;
         match &self.adapter {
             None => Ok(y),
             Some((a, b, scale)) => {
@@ -548,7 +584,7 @@ impl LoraModel {
     /// the largest matrix of a small model.
     fn loss(&self, batch: &Batch) -> Result<(Tensor, usize)> {
         let rows = self.hidden(&batch.ids)?.index_select(&batch.positions, 0)?;
-        let logits = rows.matmul(&self.output.t()?)?;
+        let logits = frozen_linear(&rows, &self.output)?;
         Ok((candle_nn::loss::cross_entropy(&logits, &batch.targets)?, batch.count))
     }
 
