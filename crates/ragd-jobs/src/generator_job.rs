@@ -412,7 +412,7 @@ impl TrainingJobs {
                     "bytes": summary.bytes,
                 },
             });
-            self.register(job.id, worker, &merged_name, &staged, &manifest, &[GGUF_FILE]).await?;
+            self.register(job.id, worker, merged_name, &staged, &manifest, &[GGUF_FILE]).await?;
         }
         remove_dir(&scratch).await;
         Ok(())

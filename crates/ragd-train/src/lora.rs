@@ -417,7 +417,7 @@ impl LoraModel {
         let kv_heads = number("attention.head_count_kv")? as usize;
         let eps = number("attention.layer_norm_rms_epsilon")?;
         let rope_base = number("rope.freq_base").unwrap_or(10_000.0);
-        if heads == 0 || kv_heads == 0 || hidden % heads != 0 || heads % kv_heads != 0 {
+        if heads == 0 || kv_heads == 0 || !hidden.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
             return Err(Error::Generator(format!(
                 "{heads} heads, {kv_heads} key/value heads, {hidden} wide"
             )));
