@@ -13,6 +13,7 @@ mod eval;
 mod fuzz;
 mod ingest;
 mod jobs;
+mod lora;
 mod openai;
 mod openapi;
 mod quantize;

@@ -2,7 +2,9 @@
 //! candle ([`LocalGguf`]) or any OpenAI-compatible chat API
 //! ([`OpenAiCompatible`]). This crate owns grounded prompts ([`prompt`]),
 //! chat templating, the GGUF tokenizer, sampling, streaming and upstream
-//! retries, and re-quantizing a GGUF generator ([`quantize_gguf`]).
+//! retries, re-quantizing a GGUF generator ([`quantize_gguf`], or with
+//! some tensors replaced, [`rewrite_gguf`]), and tokenising conversations
+//! for training ([`ChatTokenizer`]).
 //!
 //! Invariant: no retrieval, index, store or HTTP server dependency; it turns
 //! chat messages into streamed text, and model files into model files, and
@@ -17,6 +19,6 @@ mod quantize;
 mod template;
 
 pub use error::{Error, Result};
-pub use local::{LocalGguf, LocalGgufConfig, Perplexity};
+pub use local::{ChatTokenizer, LocalGguf, LocalGgufConfig, Perplexity, TokenizedChat};
 pub use openai::{OpenAiCompatible, OpenAiConfig};
-pub use quantize::{quantize_gguf, QuantType, QuantizeSummary};
+pub use quantize::{quantize_gguf, rewrite_gguf, QuantType, QuantizeSummary};

@@ -14,13 +14,14 @@
 //! kernel for Q5_0, so the local generator holds those matrices as Q8_0 once
 //! loaded: the file shrinks, the served model less.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::ops::ControlFlow;
 use std::path::Path;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -109,7 +110,20 @@ pub fn quantize_gguf(
     target: QuantType,
     progress: &mut dyn FnMut(usize, usize, &str) -> ControlFlow<()>,
 ) -> Result<QuantizeSummary> {
-    let written = convert(source, output, target, progress);
+    rewrite_gguf(source, output, target, &HashMap::new(), progress)
+}
+
+/// [`quantize_gguf`], with the tensors named in `replacements` taken from
+/// there (values of the source's shape, any float type) instead of the
+/// source: how a LoRA adapter is merged into its base model.
+pub fn rewrite_gguf(
+    source: &Path,
+    output: &Path,
+    target: QuantType,
+    replacements: &HashMap<String, Tensor>,
+    progress: &mut dyn FnMut(usize, usize, &str) -> ControlFlow<()>,
+) -> Result<QuantizeSummary> {
+    let written = convert(source, output, target, replacements, progress);
     if written.is_err() {
         let _ = std::fs::remove_file(output);
     }
@@ -120,6 +134,7 @@ fn convert(
     source: &Path,
     output: &Path,
     target: QuantType,
+    replacements: &HashMap<String, Tensor>,
     progress: &mut dyn FnMut(usize, usize, &str) -> ControlFlow<()>,
 ) -> Result<QuantizeSummary> {
     let unreadable = |e: candle_core::Error| Error::Quantize(format!("{}: {e}", source.display()));
@@ -140,6 +155,9 @@ fn convert(
     let projection = ["output.weight", "token_embd.weight"]
         .into_iter()
         .find(|name| content.tensor_infos.contains_key(*name));
+    if let Some(unknown) = replacements.keys().find(|name| !content.tensor_infos.contains_key(*name)) {
+        return Err(Error::Quantize(format!("{} has no tensor {unknown}", source.display())));
+    }
     let device = Device::Cpu;
     let total = names.len();
     let mut tensors: Vec<(&str, QTensor)> = Vec::with_capacity(total);
@@ -151,8 +169,18 @@ fn convert(
         let tensor = content.tensor(&mut file, name, &device).map_err(unreadable)?;
         let dtype = target.for_tensor(tensor.shape().dims(), projection == Some(name.as_str()));
         in_target_type += usize::from(dtype == target.ggml());
-        let converted = tensor
-            .dequantize(&device)
+        let values = match replacements.get(*name) {
+            Some(values) if values.dims() != tensor.shape().dims() => {
+                return Err(Error::Quantize(format!(
+                    "tensor {name}: the replacement is {:?}, the source {:?}",
+                    values.dims(),
+                    tensor.shape().dims()
+                )));
+            }
+            Some(values) => values.to_dtype(candle_core::DType::F32),
+            None => tensor.dequantize(&device),
+        };
+        let converted = values
             .and_then(|values| QTensor::quantize(&values, dtype))
             .map_err(|e| Error::Quantize(format!("tensor {name}: {e}")))?;
         tensors.push((name.as_str(), converted));

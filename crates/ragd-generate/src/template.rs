@@ -34,15 +34,24 @@ impl ChatTemplate {
         Self { env, bos_token, eos_token }
     }
 
+    /// The prompt for `messages`, ending with the cue for the assistant's
+    /// turn.
     pub(crate) fn render(&self, messages: &[ChatMessage]) -> String {
+        self.render_turns(messages, true)
+    }
+
+    /// The conversation as text; with `add_generation_prompt`, followed by
+    /// the cue for the assistant's turn (a prompt), without it as it stands
+    /// (a finished conversation, for training).
+    pub(crate) fn render_turns(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
         let Some(env) = &self.env else {
-            return chatml(messages);
+            return chatml(messages, add_generation_prompt);
         };
-        match self.render_with(env, messages) {
+        match self.render_with(env, messages, add_generation_prompt) {
             Ok(prompt) => prompt,
             Err(err) => {
                 tracing::warn!(error = %err, "chat template failed to render, using chatml");
-                chatml(messages)
+                chatml(messages, add_generation_prompt)
             }
         }
     }
@@ -51,12 +60,13 @@ impl ChatTemplate {
         &self,
         env: &Environment<'static>,
         messages: &[ChatMessage],
+        add_generation_prompt: bool,
     ) -> Result<String, minijinja::Error> {
         let messages: Vec<TemplateMessage<'_>> =
             messages.iter().map(|m| TemplateMessage { role: m.role.as_str(), content: &m.content }).collect();
         env.get_template(TEMPLATE_NAME)?.render(context! {
             messages => messages,
-            add_generation_prompt => true,
+            add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         })
@@ -77,7 +87,7 @@ fn raise_exception(message: String) -> Result<String, minijinja::Error> {
     Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
 }
 
-fn chatml(messages: &[ChatMessage]) -> String {
+fn chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
     let mut prompt = String::new();
     for message in messages {
         prompt.push_str("<|im_start|>");
@@ -86,7 +96,9 @@ fn chatml(messages: &[ChatMessage]) -> String {
         prompt.push_str(&message.content);
         prompt.push_str("<|im_end|>\n");
     }
-    prompt.push_str("<|im_start|>assistant\n");
+    if add_generation_prompt {
+        prompt.push_str("<|im_start|>assistant\n");
+    }
     prompt
 }
 
@@ -128,7 +140,7 @@ mod tests {
             "{{ raise_exception('roles must alternate') }}",
         ];
         for source in cases {
-            assert_eq!(template(Some(source)).render(&conversation()), chatml(&conversation()), "{source}");
+            assert_eq!(template(Some(source)).render(&conversation()), chatml(&conversation(), true), "{source}");
         }
     }
 

@@ -19,6 +19,7 @@ use ragd_train::{Checkpoint, Event, FinetuneConfig, TrainingPair};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::generator_job::{FinetuneGeneratorParams, FINETUNE_GENERATOR_KIND};
 use crate::quantize_job::{ModelDirs, QuantizeParams, QUANTIZE_KIND};
 use crate::reranker_job::{FinetuneRerankerParams, FINETUNE_RERANKER_KIND};
 use crate::{Error, Result};
@@ -226,10 +227,11 @@ pub fn validate_submission(kind: &str, params: Value) -> ragd_core::Result<Value
     match kind {
         FINETUNE_EMBEDDER_KIND => checked(params, |p: &mut FinetuneEmbedderParams| p.check()),
         FINETUNE_RERANKER_KIND => checked(params, |p: &mut FinetuneRerankerParams| p.check()),
+        FINETUNE_GENERATOR_KIND => checked(params, FinetuneGeneratorParams::check),
         QUANTIZE_KIND => checked(params, QuantizeParams::check),
         other => Err(ragd_core::Error::invalid(format!(
             "unknown job kind {other:?}; jobs that can be submitted: {FINETUNE_EMBEDDER_KIND}, \
-             {FINETUNE_RERANKER_KIND}, {QUANTIZE_KIND}"
+             {FINETUNE_RERANKER_KIND}, {FINETUNE_GENERATOR_KIND}, {QUANTIZE_KIND}"
         ))),
     }
 }
@@ -471,10 +473,7 @@ impl TrainingJobs {
                 self.store.report_job_progress(job, worker, progress, &label, &metrics).await?
             }
             Event::Epoch { epoch, validation, checkpoint } => {
-                if let Some(checkpoint) = &checkpoint {
-                    let value = json!({"epoch": checkpoint.epoch, "weights": checkpoint.weights.display().to_string()});
-                    self.store.record_job_checkpoint(job, worker, &value).await?;
-                }
+                self.checkpointed(job, worker, checkpoint).await?;
                 let Some(v) = validation else { return Ok(JobControl::Continue) };
                 self.store
                     .append_job_log(
@@ -487,15 +486,48 @@ impl TrainingJobs {
                     .await?;
                 let epoch = epoch as i64;
                 let metrics = [("val_mrr", epoch, v.mrr), ("val_recall_at_1", epoch, v.recall_at_1)];
-                let current = self.store.get_job(job).await?;
-                let label = current.step.unwrap_or_else(|| "validating the base model".to_owned());
-                self.store.report_job_progress(job, worker, current.progress, &label, &metrics).await?
+                self.report_metrics(job, worker, &metrics).await?
+            }
+            Event::LossEpoch { epoch, validation, checkpoint } => {
+                self.checkpointed(job, worker, checkpoint).await?;
+                let Some(v) = validation else { return Ok(JobControl::Continue) };
+                self.store
+                    .append_job_log(
+                        job,
+                        &format!(
+                            "epoch {epoch}: validation loss {:.4}, perplexity {:.3} on {} assistant tokens of {} \
+                             conversations",
+                            v.loss, v.perplexity, v.tokens, v.conversations
+                        ),
+                    )
+                    .await?;
+                let epoch = epoch as i64;
+                let metrics = [("val_loss", epoch, v.loss), ("val_perplexity", epoch, v.perplexity)];
+                self.report_metrics(job, worker, &metrics).await?
             }
             Event::Log(message) => {
                 self.store.append_job_log(job, &message).await?;
                 JobControl::Continue
             }
         })
+    }
+}
+
+impl TrainingJobs {
+    async fn checkpointed(&self, job: JobId, worker: &str, checkpoint: Option<Checkpoint>) -> Result<()> {
+        if let Some(checkpoint) = checkpoint {
+            let value = json!({"epoch": checkpoint.epoch, "weights": checkpoint.weights.display().to_string()});
+            self.store.record_job_checkpoint(job, worker, &value).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores an epoch's validation metrics, leaving progress and step as
+    /// they are.
+    async fn report_metrics(&self, job: JobId, worker: &str, metrics: &[(&str, i64, f64)]) -> Result<JobControl> {
+        let current = self.store.get_job(job).await?;
+        let label = current.step.unwrap_or_else(|| "validating the base model".to_owned());
+        Ok(self.store.report_job_progress(job, worker, current.progress, &label, metrics).await?)
     }
 }
 

@@ -2,15 +2,16 @@
 //! lease, keep the lease alive while they work, and record the outcome. The
 //! job kinds live here too: `ingest`, the pipeline that turns a stored
 //! upload into indexed chunks, and, submitted through the job API,
-//! `finetune-embedder` and `finetune-reranker`, which train models with
-//! `ragd-train`, and `quantize`, which re-quantizes a GGUF generator with
-//! `ragd-generate`.
+//! `finetune-embedder`, `finetune-reranker` and `finetune-generator` (LoRA),
+//! which train models with `ragd-train`, and `quantize`, which re-quantizes
+//! a GGUF generator with `ragd-generate`.
 //!
 //! Invariant: a job is only ever finished by the worker holding its lease,
 //! and every step of a job is safe to repeat, because a crashed worker's job
 //! is claimed again once its lease expires.
 
 pub mod finetune;
+pub mod generator_job;
 pub mod ingest;
 pub mod quantize_job;
 pub mod reranker_job;
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use finetune::{validate_submission, TrainingJobs, FINETUNE_EMBEDDER_KIND};
+pub use generator_job::{ADAPTER_KIND, FINETUNE_GENERATOR_KIND};
 pub use ingest::{IngestCounters, IngestPipeline, JobOutcome};
 pub use quantize_job::{ModelDirs, GENERATOR_KIND, QUANTIZE_KIND};
 pub use reranker_job::FINETUNE_RERANKER_KIND;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::finetune::{check_model_name, remove_dir, TrainingJobs, CANCEL_POLL};
+use crate::generator_job::FINETUNE_GENERATOR_KIND;
 use crate::{Error, Result};
 
 pub const QUANTIZE_KIND: &str = "quantize";
@@ -128,6 +129,19 @@ impl ModelDirs {
     /// takes the type asked for, so a mistake fails the request rather
     /// than the job.
     pub fn check_submission(&self, kind: &str, payload: &Value) -> ragd_core::Result<()> {
+        if kind == FINETUNE_GENERATOR_KIND {
+            let base = payload["base_model"].as_str().unwrap_or_default();
+            return match self.generator(base) {
+                Some(_) => Ok(()),
+                None => Err(ragd_core::Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "base_model {base:?} is not a GGUF generator: name a registry model of kind \
+                         {GENERATOR_KIND} or one registered here"
+                    ),
+                )),
+            };
+        }
         if kind != QUANTIZE_KIND {
             return Ok(());
         }
@@ -202,7 +216,7 @@ impl TrainingJobs {
             Source::Generator(gguf) => {
                 let output = staged.join(GGUF_FILE);
                 let summary = self
-                    .convert(job, worker, &scratch, move |progress| {
+                    .convert(job, worker, &scratch, (0.0, 1.0), move |progress| {
                         ragd_generate::quantize_gguf(&gguf, &output, dtype, progress).map_err(Into::into)
                     })
                     .await?;
@@ -225,7 +239,7 @@ impl TrainingJobs {
             Source::Bert { dir, manifest: source_manifest } => {
                 let output = staged.clone();
                 let summary = self
-                    .convert(job, worker, &scratch, move |progress| {
+                    .convert(job, worker, &scratch, (0.0, 1.0), move |progress| {
                         ragd_embed::quantize_bert(&dir, &output, progress).map_err(Into::into)
                     })
                     .await?;
@@ -257,9 +271,17 @@ impl TrainingJobs {
     }
 
     /// Runs `conversion` off the async threads, reports each tensor as a
-    /// step, and stops it at the next tensor once the owner asks to cancel.
+    /// step (progress moving across `span`, the job's share of the work it
+    /// is), and stops it at the next tensor once the owner asks to cancel.
     /// A stopped or failed conversion leaves no scratch behind.
-    async fn convert<T, F>(&self, job: &JobRecord, worker: &str, scratch: &Path, conversion: F) -> Result<T>
+    pub(crate) async fn convert<T, F>(
+        &self,
+        job: &JobRecord,
+        worker: &str,
+        scratch: &Path,
+        span: (f64, f64),
+        conversion: F,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(Progress<'_>) -> ragd_core::Result<T> + Send + 'static,
@@ -291,7 +313,7 @@ impl TrainingJobs {
                     Some((done, total, tensor)) => {
                         let label = format!("tensor {}/{total}: {tensor}", done + 1);
                         // The last step is registering the model.
-                        let progress = done as f64 / (total + 1) as f64;
+                        let progress = span.0 + (span.1 - span.0) * done as f64 / (total + 1) as f64;
                         self.store.report_job_progress(job.id, worker, progress, &label, &[]).await?
                     }
                     None => break,

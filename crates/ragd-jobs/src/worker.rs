@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::finetune::{TrainingJobs, FINETUNE_EMBEDDER_KIND};
+use crate::generator_job::FINETUNE_GENERATOR_KIND;
 use crate::ingest::{IngestPipeline, JobOutcome};
 use crate::quantize_job::QUANTIZE_KIND;
 use crate::reranker_job::FINETUNE_RERANKER_KIND;
@@ -51,8 +52,13 @@ impl Worker {
         Self { name, store, ingest, training, config, handle, kinds: Self::KINDS.to_vec() }
     }
 
-    pub const KINDS: &'static [&'static str] =
-        &[ragd_store::INGEST_JOB_KIND, FINETUNE_EMBEDDER_KIND, FINETUNE_RERANKER_KIND, QUANTIZE_KIND];
+    pub const KINDS: &'static [&'static str] = &[
+        ragd_store::INGEST_JOB_KIND,
+        FINETUNE_EMBEDDER_KIND,
+        FINETUNE_RERANKER_KIND,
+        FINETUNE_GENERATOR_KIND,
+        QUANTIZE_KIND,
+    ];
 
     /// The known kind spelled `name`.
     pub fn kind(name: &str) -> Option<&'static str> {
@@ -177,6 +183,7 @@ impl Worker {
             let outcome = match job.kind.as_str() {
                 FINETUNE_EMBEDDER_KIND => self.training.run(&job, &self.name).await,
                 FINETUNE_RERANKER_KIND => self.training.run_reranker(&job, &self.name).await,
+                FINETUNE_GENERATOR_KIND => self.training.run_generator(&job, &self.name).await,
                 QUANTIZE_KIND => self.training.run_quantize(&job, &self.name).await,
                 kind => Err(Error::UnknownKind(kind.to_owned())),
             };

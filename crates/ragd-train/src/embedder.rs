@@ -187,6 +187,12 @@ pub enum Event {
         validation: Option<Validation>,
         checkpoint: Option<Checkpoint>,
     },
+    /// [`Event::Epoch`] of a generator, whose validation is its loss.
+    LossEpoch {
+        epoch: usize,
+        validation: Option<crate::LossValidation>,
+        checkpoint: Option<Checkpoint>,
+    },
     Log(String),
 }
 

@@ -449,7 +449,7 @@ mod tests {
             match event {
                 Event::Step { loss, .. } => losses.push(loss),
                 Event::Epoch { validation, .. } => validations.push(validation),
-                Event::Log(_) => {}
+                Event::LossEpoch { .. } | Event::Log(_) => {}
             }
             ControlFlow::Continue(())
         })

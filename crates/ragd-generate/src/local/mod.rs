@@ -6,6 +6,7 @@
 //! anyway; each would get half the cores.
 
 mod tokenizer;
+mod training;
 
 use std::fs::File;
 use std::io::{Cursor, Read, Seek};
@@ -28,6 +29,8 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::template::ChatTemplate;
+
+pub use training::{ChatTokenizer, TokenizedChat};
 
 /// Weight types candle 0.11 multiplies without SIMD kernels on x86 (it has
 /// AVX2 ones for Q4_0, Q8_0 and the K-quants): SmolLM2 in Q4_1 decodes about

@@ -1,5 +1,6 @@
 //! `/v1/jobs`: long-running work submitted by a caller (today the
-//! `finetune-embedder`, `finetune-reranker` and `quantize` kinds) on the same durable
+//! `finetune-embedder`, `finetune-reranker`, `finetune-generator` and
+//! `quantize` kinds) on the same durable
 //! queue as ingestion, with its progress, metrics, log lines and artifacts,
 //! and cancellation.
 
@@ -34,7 +35,8 @@ pub fn router() -> Router<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitJob {
-    /// The job kind: `finetune-embedder`, `finetune-reranker` or `quantize`.
+    /// The job kind: `finetune-embedder`, `finetune-reranker`,
+    /// `finetune-generator` or `quantize`.
     kind: String,
     /// The kind's parameters (see the README).
     #[serde(default = "empty_object")]
@@ -119,6 +121,12 @@ pub(crate) async fn submit(
         let named = payload["collection"].as_str().unwrap_or_default().to_owned();
         let collection = resolve(&state, &caller.tenant, &named).await?;
         payload["collection"] = json!(collection.id.to_string());
+    }
+    if let Some(named) = payload["dataset"]["collection"].as_str().map(str::to_owned) {
+        // A generator's questions and answers come from the caller's own
+        // collection, found now for the same reason.
+        let collection = resolve(&state, &caller.tenant, &named).await?;
+        payload["dataset"]["collection"] = json!(collection.id.to_string());
     }
     let job = state.store.submit_job(&caller.tenant, &body.kind, &payload).await?;
     state.workers.job_queued();
@@ -210,11 +218,14 @@ fn series(metrics: Vec<JobMetric>) -> BTreeMap<String, Vec<MetricPoint>> {
     series
 }
 
-/// Inline training pairs can be large; the view counts them instead.
+/// Inline training pairs and conversations can be large; the view counts
+/// them instead.
 fn without_inline_pairs(mut params: Value) -> Value {
     if let Some(object) = params.as_object_mut() {
-        if let Some(count) = object.get("pairs").and_then(Value::as_array).map(Vec::len) {
-            object.insert("pairs".to_owned(), json!(count));
+        for field in ["pairs", "examples"] {
+            if let Some(count) = object.get(field).and_then(Value::as_array).map(Vec::len) {
+                object.insert(field.to_owned(), json!(count));
+            }
         }
     }
     params
