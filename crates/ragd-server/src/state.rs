@@ -171,6 +171,14 @@ impl AppState {
         Ok(Some(generator))
     }
 
+    /// The names [`AppState::generator_named`] finds: the configured
+    /// generator's, then the registered GGUF generators'.
+    pub(crate) fn generator_names(&self) -> Vec<String> {
+        let mut names = vec![self.generator.model().to_owned()];
+        names.extend(self.models.registered_generators());
+        names
+    }
+
     /// Whether `name` is a generator [`AppState::generator_named`] finds,
     /// without loading it.
     pub(crate) fn has_generator(&self, name: &str) -> bool {

@@ -95,14 +95,10 @@ pub(crate) async fn create(
 
 fn check_generator(state: &AppState, settings: &CollectionSettings) -> ApiResult<()> {
     match &settings.generation.model {
-        Some(model) if !state.has_generator(model) => {
-            let mut known = vec![state.generator.model().to_owned()];
-            known.extend(state.models.registered_generators());
-            Err(ApiError::invalid(format!(
-                "settings.generation.model: no generator is called {model:?}; known: {}",
-                known.join(", ")
-            )))
-        }
+        Some(model) if !state.has_generator(model) => Err(ApiError::invalid(format!(
+            "settings.generation.model: no generator is called {model:?}; known: {}",
+            state.generator_names().join(", ")
+        ))),
         _ => Ok(()),
     }
 }

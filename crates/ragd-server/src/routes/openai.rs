@@ -489,8 +489,8 @@ impl ModelEntry {
 /// model per collection of the caller.
 async fn models(state: &AppState, caller: &Caller) -> ApiResult<Vec<ModelEntry>> {
     let collections = state.store.list_collections(&caller.tenant).await?;
-    let mut models = vec![ModelEntry { id: state.generator.model().to_owned(), created: 0 }];
-    models.extend(state.models.registered_generators().into_iter().map(|id| ModelEntry { id, created: 0 }));
+    let mut models: Vec<ModelEntry> =
+        state.generator_names().into_iter().map(|id| ModelEntry { id, created: 0 }).collect();
     models.extend(
         collections
             .iter()
