@@ -140,7 +140,7 @@ async fn finetune_embedder_trains_reports_and_registers_a_model() {
     );
     assert!(!app.data_dir.path().join("jobs").join(id).exists(), "job scratch left behind");
 
-    let encoder = ragd_train::Encoder::load(&dir, 32).expect("trained model loads");
+    let encoder = ragd_embed::SentenceEncoder::load("test", &dir, 32).expect("trained model loads");
     let vectors = encoder.embed(&["code word alpha 0", "a passage about tea"]).expect("embed");
     for vector in &vectors {
         let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -18,6 +18,7 @@ mod openai;
 mod openapi;
 mod quantize;
 mod query;
+mod reindex;
 mod rerank;
 mod search;
 mod security;

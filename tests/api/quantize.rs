@@ -189,8 +189,8 @@ async fn quantize_stores_an_embedders_linear_weights_as_q8_0() {
     assert!(q8_bytes < f32_bytes * 7 / 10, "{q8_bytes} vs {f32_bytes}");
 
     let texts = ["How do volcanoes erupt?", "Sourdough is leavened by wild yeast and lactic acid bacteria."];
-    let full = ragd_train::Encoder::load(&repo_root().join("models/all-minilm-l6-v2"), 64).unwrap();
-    let small = ragd_train::Encoder::load(&dir, 64).expect("the q8_0 model loads");
+    let full = ragd_embed::SentenceEncoder::load("test", &repo_root().join("models/all-minilm-l6-v2"), 64).unwrap();
+    let small = ragd_embed::SentenceEncoder::load("test", &dir, 64).expect("the q8_0 model loads");
     for (a, b) in full.embed(&texts).unwrap().iter().zip(small.embed(&texts).unwrap()) {
         let cosine: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!(cosine > 0.99, "cosine {cosine}");

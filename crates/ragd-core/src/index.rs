@@ -36,6 +36,32 @@ pub struct ChunkPayload {
     pub acl: Vec<String>,
 }
 
+/// Where a collection's points live. A collection has one searchable
+/// generation; `reindex` builds the next one beside it (with another
+/// embedder) and swaps, so the engine keeps each generation apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IndexTarget {
+    pub collection: CollectionId,
+    pub generation: u32,
+}
+
+impl IndexTarget {
+    pub fn new(collection: CollectionId, generation: u32) -> Self {
+        Self { collection, generation }
+    }
+}
+
+/// Generation 0 is named by the collection id alone, as before generations
+/// existed, so older data directories and Qdrant collections keep working.
+impl std::fmt::Display for IndexTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.generation {
+            0 => write!(f, "{}", self.collection),
+            generation => write!(f, "{}-g{generation}", self.collection),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct IndexPoint {
     pub id: Uuid,
@@ -56,7 +82,8 @@ pub enum SearchMode {
 #[derive(Debug, Clone)]
 pub struct HybridQuery {
     pub tenant: TenantId,
-    pub collection: CollectionId,
+    /// The generation searched; its collection also scopes the filter.
+    pub target: IndexTarget,
     pub dense: Vec<f32>,
     pub sparse: SparseVector,
     pub mode: SearchMode,
@@ -89,7 +116,7 @@ pub struct IndexHit {
 
 #[derive(Debug, Clone)]
 pub struct CollectionIndexSpec {
-    pub collection: CollectionId,
+    pub target: IndexTarget,
     pub dimensions: usize,
     pub settings: IndexSettings,
 }
@@ -137,19 +164,19 @@ impl IndexSettings {
 
 #[async_trait]
 pub trait VectorIndex: Send + Sync {
-    /// Creates the collection's storage; does nothing if it exists.
+    /// Creates the generation's storage; does nothing if it exists.
     async fn create_collection(&self, spec: &CollectionIndexSpec) -> Result<()>;
 
-    /// Drops the collection and all its points; does nothing if it is absent.
-    async fn drop_collection(&self, collection: CollectionId) -> Result<()>;
+    /// Drops the generation and all its points; does nothing if it is absent.
+    async fn drop_collection(&self, target: IndexTarget) -> Result<()>;
 
     /// Inserts or overwrites points by id.
-    async fn upsert(&self, collection: CollectionId, points: Vec<IndexPoint>) -> Result<()>;
+    async fn upsert(&self, target: IndexTarget, points: Vec<IndexPoint>) -> Result<()>;
 
     /// Deletes the document's points, except those of `keep_version`.
     async fn delete_document(
         &self,
-        collection: CollectionId,
+        target: IndexTarget,
         document: DocumentId,
         keep_version: Option<i64>,
     ) -> Result<()>;
@@ -160,12 +187,12 @@ pub trait VectorIndex: Send + Sync {
     /// order (for widening a hit with its neighbours).
     async fn chunks(
         &self,
-        collection: CollectionId,
+        target: IndexTarget,
         document: DocumentId,
         version: i64,
         indices: &[u32],
     ) -> Result<Vec<ChunkPayload>>;
 
-    /// Number of points in the collection.
-    async fn count(&self, collection: CollectionId) -> Result<u64>;
+    /// Number of points in the generation.
+    async fn count(&self, target: IndexTarget) -> Result<u64>;
 }

@@ -20,7 +20,9 @@ pub use filter::{Condition, Filter, FilterValue};
 pub use generate::{ChatMessage, ChatRole, GenerationRequest, Generator, TokenStream};
 pub use ids::{point_id, CollectionId, CollectionName, ContentHash, DocumentId, JobId, TenantId, TopK};
 pub use index::{
-    ChunkPayload, CollectionIndexSpec, HybridQuery, IndexHit, IndexPoint, IndexSettings, Quantization,
+    ChunkPayload, CollectionIndexSpec, HybridQuery, IndexHit, IndexPoint, IndexSettings, IndexTarget, Quantization,
     SearchMode, SparseVector, VectorIndex,
 };
-pub use model::{Chunk, DocumentStatus, Embedder, Reranker, RerankerSource, SparseEncoder};
+pub use model::{
+    embedding_text, Chunk, DocumentStatus, Embedder, EmbedderSource, Reranker, RerankerSource, SparseEncoder,
+};

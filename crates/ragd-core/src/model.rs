@@ -64,18 +64,22 @@ impl Chunk {
     /// What is embedded: the title and heading path give a chunk the context
     /// its own text often lacks ("it", "this setting").
     pub fn embedding_text(&self, title: &str) -> String {
-        let mut out = String::with_capacity(title.len() + self.text.len() + 64);
-        if !title.is_empty() {
-            out.push_str(title);
-            out.push('\n');
-        }
-        if !self.heading_path.is_empty() {
-            out.push_str(&self.heading_path_text());
-            out.push('\n');
-        }
-        out.push_str(&self.text);
-        out
+        embedding_text(title, &self.heading_path_text(), &self.text)
     }
+}
+
+/// A chunk's text with its title and heading path (`A > B`) above it, as
+/// ingestion embeds it and a reindex embeds it again.
+pub fn embedding_text(title: &str, heading_path: &str, text: &str) -> String {
+    let mut out = String::with_capacity(title.len() + heading_path.len() + text.len() + 2);
+    for part in [title, heading_path] {
+        if !part.is_empty() {
+            out.push_str(part);
+            out.push('\n');
+        }
+    }
+    out.push_str(text);
+    out
 }
 
 /// A dense text embedder. Calls are CPU-bound and blocking: run them off the
@@ -85,6 +89,12 @@ pub trait Embedder: Send + Sync {
     fn dimensions(&self) -> usize;
     fn embed_documents(&self, texts: &[String]) -> Result<Vec<Vec<f32>>>;
     fn embed_query(&self, text: &str) -> Result<Vec<f32>>;
+}
+
+/// Embedders by model name: the configured one, and models trained or
+/// quantized here (loading reads model files: blocking).
+pub trait EmbedderSource: Send + Sync {
+    fn embedder(&self, name: &str) -> Result<Arc<dyn Embedder>>;
 }
 
 /// Sparse lexical weights (BM25 term frequencies; the index applies IDF).

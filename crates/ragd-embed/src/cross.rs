@@ -7,12 +7,9 @@
 //!
 //! Trained rerankers are registered by the `finetune-reranker` job as
 //! `<data_dir>/models/<name>/` with `manifest.json` of kind `reranker`;
-//! [`TrainedRerankers`] loads them by name.
+//! [`crate::TrainedRerankers`] loads them by name.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -167,7 +164,7 @@ impl ragd_core::Reranker for CrossEncoder {
     }
 }
 
-fn require(name: &str, path: &Path) -> Result<PathBuf> {
+pub(crate) fn require(name: &str, path: &Path) -> Result<PathBuf> {
     if path.is_file() {
         Ok(path.to_owned())
     } else {
@@ -197,71 +194,3 @@ pub fn load_tokenizer(name: &str, dir: &Path, max_seq_len: usize) -> Result<Toke
     Ok(tokenizer)
 }
 
-/// The fields of a trained model's `manifest.json` that loading needs.
-#[derive(Debug, serde::Deserialize)]
-struct TrainedManifest {
-    kind: String,
-    max_seq_len: usize,
-}
-
-/// The rerankers trained here, `<models_dir>/<name>/`, each loaded once on
-/// first use and kept: a registered model directory never changes.
-pub struct TrainedRerankers {
-    models_dir: PathBuf,
-    loaded: Mutex<HashMap<String, Arc<CrossEncoder>>>,
-}
-
-impl TrainedRerankers {
-    pub fn new(models_dir: PathBuf) -> Self {
-        Self { models_dir, loaded: Mutex::new(HashMap::new()) }
-    }
-
-    pub fn load(&self, name: &str) -> Result<Arc<CrossEncoder>> {
-        if let Some(found) = self.loaded.lock().unwrap_or_else(PoisonError::into_inner).get(name) {
-            return Ok(found.clone());
-        }
-        let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\']);
-        let dir = self.models_dir.join(name);
-        let manifest_path = dir.join(MANIFEST_FILE);
-        if !plain || !manifest_path.is_file() {
-            return Err(Error::UnknownModel { name: name.to_owned(), known: self.known() });
-        }
-        let text = std::fs::read_to_string(&manifest_path)
-            .map_err(|source| Error::Io { path: manifest_path.clone(), source })?;
-        let manifest: TrainedManifest = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("model {name:?}: manifest.json: {e}")))?;
-        if manifest.kind != RERANKER_KIND {
-            return Err(Error::Config(format!(
-                "model {name:?} is of kind {:?}, not a {RERANKER_KIND}",
-                manifest.kind
-            )));
-        }
-        let started = Instant::now();
-        let encoder = Arc::new(CrossEncoder::load(name, &dir, manifest.max_seq_len)?);
-        tracing::info!(model = name, elapsed_ms = started.elapsed().as_millis() as u64, "reranker loaded");
-        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(loaded.entry(name.to_owned()).or_insert(encoder).clone())
-    }
-
-    /// The names of the registered rerankers, sorted.
-    fn known(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.models_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let text = std::fs::read_to_string(entry.path().join(MANIFEST_FILE)).ok()?;
-                let manifest: TrainedManifest = serde_json::from_str(&text).ok()?;
-                (manifest.kind == RERANKER_KIND).then(|| entry.file_name().to_string_lossy().into_owned())
-            })
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl ragd_core::RerankerSource for TrainedRerankers {
-    fn reranker(&self, name: &str) -> ragd_core::Result<Arc<dyn ragd_core::Reranker>> {
-        Ok(self.load(name)?)
-    }
-}

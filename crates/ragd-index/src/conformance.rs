@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use ragd_core::{
     point_id, ChunkPayload, CollectionId, CollectionIndexSpec, Condition, DocumentId, ErrorKind, Filter,
-    IndexSettings, Quantization,
+    IndexSettings, IndexTarget, Quantization,
     FilterValue, HybridQuery, IndexHit, IndexPoint, SearchMode, SparseVector, TenantId, VectorIndex,
 };
 use serde_json::{json, Map, Value};
@@ -41,6 +41,7 @@ macro_rules! conformance_checks {
             count_and_overwrite,
             chunks_in_order,
             invalid_input,
+            generations_are_apart,
         );
     };
 }
@@ -133,14 +134,14 @@ impl Fixture {
             tenant_b,
         };
         let points = [&fixture.a1, &fixture.a2, &fixture.a3, &fixture.a4, &fixture.b1];
-        index.upsert(collection, points.into_iter().cloned().collect()).await.expect("upsert fixture");
+        index.upsert(at(collection), points.into_iter().cloned().collect()).await.expect("upsert fixture");
         fixture
     }
 
     fn query(&self, mode: SearchMode, dense: [f32; 4], terms: &[u32]) -> HybridQuery {
         HybridQuery {
             tenant: self.tenant_a.clone(),
-            collection: self.collection,
+            target: at(self.collection),
             dense: dense.to_vec(),
             sparse: sparse(terms),
             mode,
@@ -153,7 +154,7 @@ impl Fixture {
     }
 
     async fn drop(self, index: &dyn VectorIndex) {
-        index.drop_collection(self.collection).await.expect("drop collection");
+        index.drop_collection(at(self.collection)).await.expect("drop collection");
     }
 }
 
@@ -166,20 +167,20 @@ pub async fn collection_lifecycle(index: &dyn VectorIndex) {
         ErrorKind::Conflict,
         "create with other dimensions",
     );
-    assert_eq!(index.count(collection).await.unwrap(), 0);
+    assert_eq!(index.count(at(collection)).await.unwrap(), 0);
 
-    index.drop_collection(collection).await.expect("drop");
-    assert_kind(index.count(collection).await, ErrorKind::NotFound, "count after drop");
-    index.drop_collection(collection).await.expect("drop is idempotent");
+    index.drop_collection(at(collection)).await.expect("drop");
+    assert_kind(index.count(at(collection)).await, ErrorKind::NotFound, "count after drop");
+    index.drop_collection(at(collection)).await.expect("drop is idempotent");
     index.create_collection(&spec(collection)).await.expect("create after drop");
-    assert_eq!(index.count(collection).await.unwrap(), 0, "a recreated collection starts empty");
-    index.drop_collection(collection).await.unwrap();
+    assert_eq!(index.count(at(collection)).await.unwrap(), 0, "a recreated collection starts empty");
+    index.drop_collection(at(collection)).await.unwrap();
 
     let unknown = CollectionId::new();
-    assert_kind(index.count(unknown).await, ErrorKind::NotFound, "count of unknown collection");
+    assert_kind(index.count(at(unknown)).await, ErrorKind::NotFound, "count of unknown collection");
     let query = HybridQuery {
         tenant: TenantId::default_tenant(),
-        collection: unknown,
+        target: at(unknown),
         dense: vec![1.0, 0.0, 0.0, 0.0],
         sparse: SparseVector::default(),
         mode: SearchMode::Dense,
@@ -191,7 +192,7 @@ pub async fn collection_lifecycle(index: &dyn VectorIndex) {
     };
     assert_kind(index.search(&query).await, ErrorKind::NotFound, "search of unknown collection");
     assert_kind(
-        index.delete_document(unknown, DocumentId::new(), None).await,
+        index.delete_document(at(unknown), DocumentId::new(), None).await,
         ErrorKind::NotFound,
         "delete in unknown collection",
     );
@@ -228,11 +229,11 @@ pub async fn compressed_on_disk_collection(index: &dyn VectorIndex) {
             }
         })
         .collect();
-    index.upsert(collection, points).await.expect("upsert into compressed collection");
+    index.upsert(at(collection), points).await.expect("upsert into compressed collection");
     let target = 1.3f32;
     let query = HybridQuery {
         tenant,
-        collection,
+        target: at(collection),
         dense: vec![target.cos(), target.sin(), 0.1, 0.0],
         sparse: SparseVector::default(),
         mode: SearchMode::Dense,
@@ -244,7 +245,7 @@ pub async fn compressed_on_disk_collection(index: &dyn VectorIndex) {
     };
     let hits = index.search(&query).await.expect("search compressed collection");
     assert_eq!(hits[0].payload.title, "point 13");
-    index.drop_collection(collection).await.unwrap();
+    index.drop_collection(at(collection)).await.unwrap();
 }
 
 pub async fn dense_search(index: &dyn VectorIndex) {
@@ -405,35 +406,35 @@ pub async fn delete_document_keeps_version(index: &dyn VectorIndex) {
     let mut points = chunk_points(collection, document, 1, &[0, 1]);
     points.extend(chunk_points(collection, document, 2, &[0, 1, 2]));
     points.extend(chunk_points(collection, other, 1, &[0]));
-    index.upsert(collection, points).await.unwrap();
-    assert_eq!(index.count(collection).await.unwrap(), 6);
+    index.upsert(at(collection), points).await.unwrap();
+    assert_eq!(index.count(at(collection)).await.unwrap(), 6);
 
-    index.delete_document(collection, document, Some(2)).await.unwrap();
-    assert_eq!(index.count(collection).await.unwrap(), 4, "only version 1 is gone");
-    assert!(index.chunks(collection, document, 1, &[0, 1]).await.unwrap().is_empty());
-    assert_eq!(index.chunks(collection, document, 2, &[0, 1, 2]).await.unwrap().len(), 3);
-    assert_eq!(index.chunks(collection, other, 1, &[0]).await.unwrap().len(), 1, "other documents stay");
+    index.delete_document(at(collection), document, Some(2)).await.unwrap();
+    assert_eq!(index.count(at(collection)).await.unwrap(), 4, "only version 1 is gone");
+    assert!(index.chunks(at(collection), document, 1, &[0, 1]).await.unwrap().is_empty());
+    assert_eq!(index.chunks(at(collection), document, 2, &[0, 1, 2]).await.unwrap().len(), 3);
+    assert_eq!(index.chunks(at(collection), other, 1, &[0]).await.unwrap().len(), 1, "other documents stay");
 
-    index.delete_document(collection, DocumentId::new(), None).await.expect("deleting an absent document");
-    index.delete_document(collection, document, None).await.unwrap();
-    assert_eq!(index.count(collection).await.unwrap(), 1, "every version is gone");
-    index.drop_collection(collection).await.unwrap();
+    index.delete_document(at(collection), DocumentId::new(), None).await.expect("deleting an absent document");
+    index.delete_document(at(collection), document, None).await.unwrap();
+    assert_eq!(index.count(at(collection)).await.unwrap(), 1, "every version is gone");
+    index.drop_collection(at(collection)).await.unwrap();
 }
 
 pub async fn count_and_overwrite(index: &dyn VectorIndex) {
     let collection = new_collection(index).await;
     let document = DocumentId::new();
     let mut points = chunk_points(collection, document, 1, &[0, 1, 2]);
-    index.upsert(collection, points.clone()).await.unwrap();
-    assert_eq!(index.count(collection).await.unwrap(), 3);
+    index.upsert(at(collection), points.clone()).await.unwrap();
+    assert_eq!(index.count(at(collection)).await.unwrap(), 3);
 
     points[1].payload.text = "rewritten".into();
-    index.upsert(collection, vec![points[1].clone()]).await.unwrap();
-    assert_eq!(index.count(collection).await.unwrap(), 3, "upsert by id overwrites");
-    let chunks = index.chunks(collection, document, 1, &[1]).await.unwrap();
+    index.upsert(at(collection), vec![points[1].clone()]).await.unwrap();
+    assert_eq!(index.count(at(collection)).await.unwrap(), 3, "upsert by id overwrites");
+    let chunks = index.chunks(at(collection), document, 1, &[1]).await.unwrap();
     assert_eq!(chunks.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(), ["rewritten"]);
-    index.upsert(collection, vec![]).await.expect("empty upsert");
-    index.drop_collection(collection).await.unwrap();
+    index.upsert(at(collection), vec![]).await.expect("empty upsert");
+    index.drop_collection(at(collection)).await.unwrap();
 }
 
 pub async fn chunks_in_order(index: &dyn VectorIndex) {
@@ -441,18 +442,18 @@ pub async fn chunks_in_order(index: &dyn VectorIndex) {
     let document = DocumentId::new();
     let mut points = chunk_points(collection, document, 3, &[5, 1, 3, 0, 4, 2]);
     points.extend(chunk_points(collection, document, 2, &[0, 1, 2]));
-    index.upsert(collection, points).await.unwrap();
+    index.upsert(at(collection), points).await.unwrap();
 
-    let chunks = index.chunks(collection, document, 3, &[4, 0, 2, 2, 9]).await.unwrap();
+    let chunks = index.chunks(at(collection), document, 3, &[4, 0, 2, 2, 9]).await.unwrap();
     assert_eq!(
         chunks.iter().map(|c| c.chunk_index).collect::<Vec<_>>(),
         [0, 2, 4],
         "in index order, missing skipped"
     );
     assert!(chunks.iter().all(|c| c.version == 3 && c.document == document));
-    assert!(index.chunks(collection, document, 3, &[]).await.unwrap().is_empty());
-    assert!(index.chunks(collection, DocumentId::new(), 3, &[0]).await.unwrap().is_empty());
-    index.drop_collection(collection).await.unwrap();
+    assert!(index.chunks(at(collection), document, 3, &[]).await.unwrap().is_empty());
+    assert!(index.chunks(at(collection), DocumentId::new(), 3, &[0]).await.unwrap().is_empty());
+    index.drop_collection(at(collection)).await.unwrap();
 }
 
 pub async fn invalid_input(index: &dyn VectorIndex) {
@@ -461,24 +462,24 @@ pub async fn invalid_input(index: &dyn VectorIndex) {
     let mut point = chunk_points(collection, document, 1, &[0]).remove(0);
     point.dense = vec![1.0, 0.0, 0.0];
     assert_kind(
-        index.upsert(collection, vec![point.clone()]).await,
+        index.upsert(at(collection), vec![point.clone()]).await,
         ErrorKind::InvalidInput,
         "wrong dimensions",
     );
     point.dense = vec![1.0, 0.0, 0.0, 0.0];
     point.sparse = SparseVector { indices: vec![1, 1], values: vec![1.0, 2.0] };
     assert_kind(
-        index.upsert(collection, vec![point.clone()]).await,
+        index.upsert(at(collection), vec![point.clone()]).await,
         ErrorKind::InvalidInput,
         "duplicate sparse indices",
     );
     point.sparse = SparseVector { indices: vec![1, 2], values: vec![1.0] };
-    assert_kind(index.upsert(collection, vec![point]).await, ErrorKind::InvalidInput, "ragged sparse vector");
-    assert_eq!(index.count(collection).await.unwrap(), 0, "rejected batches write nothing");
+    assert_kind(index.upsert(at(collection), vec![point]).await, ErrorKind::InvalidInput, "ragged sparse vector");
+    assert_eq!(index.count(at(collection)).await.unwrap(), 0, "rejected batches write nothing");
 
     let mut query = HybridQuery {
         tenant: TenantId::default_tenant(),
-        collection,
+        target: at(collection),
         dense: vec![1.0, 0.0],
         sparse: SparseVector::default(),
         mode: SearchMode::Dense,
@@ -501,7 +502,7 @@ pub async fn invalid_input(index: &dyn VectorIndex) {
     query.filter = Filter::default();
     query.limit = 0;
     assert!(index.search(&query).await.unwrap().is_empty(), "limit 0");
-    index.drop_collection(collection).await.unwrap();
+    index.drop_collection(at(collection)).await.unwrap();
 }
 
 /// First half of the persistence check: writes a collection to be checked
@@ -511,17 +512,17 @@ pub async fn write_for_reopen(index: &dyn VectorIndex) -> CollectionId {
     let document = DocumentId::new();
     let mut points = chunk_points(collection, document, 1, &[0, 1]);
     points.extend(chunk_points(collection, document, 2, &[0, 1, 2]));
-    index.upsert(collection, points).await.unwrap();
-    index.delete_document(collection, document, Some(2)).await.unwrap();
+    index.upsert(at(collection), points).await.unwrap();
+    index.delete_document(at(collection), document, Some(2)).await.unwrap();
     collection
 }
 
 pub async fn check_after_reopen(index: &dyn VectorIndex, collection: CollectionId) {
-    assert_eq!(index.count(collection).await.unwrap(), 3, "upserts and deletes survived");
+    assert_eq!(index.count(at(collection)).await.unwrap(), 3, "upserts and deletes survived");
     let hits = index
         .search(&HybridQuery {
             tenant: TenantId::default_tenant(),
-            collection,
+            target: at(collection),
             dense: vec![0.0, 0.0, 1.0, 0.0],
             sparse: SparseVector::default(),
             mode: SearchMode::Dense,
@@ -537,11 +538,11 @@ pub async fn check_after_reopen(index: &dyn VectorIndex, collection: CollectionI
     assert_eq!(hits[0].payload.chunk_index, 2, "nearest to chunk 2's vector");
     assert!(hits.iter().all(|hit| hit.payload.version == 2));
     index
-        .upsert(collection, chunk_points(collection, DocumentId::new(), 1, &[0]))
+        .upsert(at(collection), chunk_points(collection, DocumentId::new(), 1, &[0]))
         .await
         .expect("writes after reopen");
-    assert_eq!(index.count(collection).await.unwrap(), 4);
-    index.drop_collection(collection).await.unwrap();
+    assert_eq!(index.count(at(collection)).await.unwrap(), 4);
+    index.drop_collection(at(collection)).await.unwrap();
 }
 
 async fn new_collection(index: &dyn VectorIndex) -> CollectionId {
@@ -551,7 +552,47 @@ async fn new_collection(index: &dyn VectorIndex) -> CollectionId {
 }
 
 fn spec(collection: CollectionId) -> CollectionIndexSpec {
-    CollectionIndexSpec { collection, dimensions: DIMENSIONS, settings: IndexSettings::default() }
+    CollectionIndexSpec { target: at(collection), dimensions: DIMENSIONS, settings: IndexSettings::default() }
+}
+
+/// Generation 0 of a collection.
+fn at(collection: CollectionId) -> IndexTarget {
+    IndexTarget::new(collection, 0)
+}
+
+/// Two generations of one collection are separate stores: each has its own
+/// points and dimensions, and dropping one leaves the other.
+pub async fn generations_are_apart(index: &dyn VectorIndex) {
+    let collection = new_collection(index).await;
+    let next = IndexTarget::new(collection, 1);
+    let wider = CollectionIndexSpec { target: next, dimensions: DIMENSIONS + 2, settings: IndexSettings::default() };
+    index.create_collection(&wider).await.expect("create the next generation");
+    let document = DocumentId::new();
+    let mut points = chunk_points(collection, document, 1, &[0, 1]);
+    for point in &mut points {
+        point.dense.extend([0.0, 0.0]);
+    }
+    index.upsert(next, points).await.expect("upsert into the next generation");
+    assert_eq!(index.count(at(collection)).await.unwrap(), 0, "generation 0 is untouched");
+    assert_eq!(index.count(next).await.unwrap(), 2);
+    let query = HybridQuery {
+        tenant: TenantId::default_tenant(),
+        target: next,
+        dense: vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        sparse: SparseVector::default(),
+        mode: SearchMode::Dense,
+        limit: 3,
+        candidates: 3,
+        filter: Filter::default(),
+        rrf_k: None,
+        principals: None,
+    };
+    let hits = index.search(&query).await.expect("search the next generation");
+    assert_eq!(hits.len(), 2, "the collection filter matches the points of every generation");
+    assert_eq!(hits[0].payload.collection, collection);
+    index.drop_collection(at(collection)).await.unwrap();
+    assert_eq!(index.count(next).await.unwrap(), 2, "dropping generation 0 leaves generation 1");
+    index.drop_collection(next).await.unwrap();
 }
 
 /// Points of the default tenant whose dense vector points along axis

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use ragd_core::{CollectionId, ErrorKind};
+use ragd_core::{ErrorKind, IndexTarget};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -11,10 +11,10 @@ pub enum Error {
     Engine(String),
 
     #[error("collection {0} has no vector index")]
-    UnknownCollection(CollectionId),
+    UnknownCollection(IndexTarget),
 
     #[error("collection {collection} has {existing}-dimensional vectors, not {requested}")]
-    DimensionsConflict { collection: CollectionId, existing: usize, requested: usize },
+    DimensionsConflict { collection: IndexTarget, existing: usize, requested: usize },
 
     #[error("{0}")]
     InvalidQuery(String),
@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn kinds_and_caller_messages() {
-        let collection = CollectionId::new();
+        let collection = IndexTarget::new(ragd_core::CollectionId::new(), 0);
         let cases = [
             (Error::Engine("segment 0xdead corrupt".into()), ErrorKind::Internal, "vector index failed"),
             (

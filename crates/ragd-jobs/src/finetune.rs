@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use crate::generator_job::{FinetuneGeneratorParams, FINETUNE_GENERATOR_KIND};
 use crate::quantize_job::{ModelDirs, QuantizeParams, QUANTIZE_KIND};
+use crate::reindex_job::{ReindexParams, REINDEX_KIND};
 use crate::reranker_job::{FinetuneRerankerParams, FINETUNE_RERANKER_KIND};
 use crate::{Error, Result};
 
@@ -229,9 +230,10 @@ pub fn validate_submission(kind: &str, params: Value) -> ragd_core::Result<Value
         FINETUNE_RERANKER_KIND => checked(params, |p: &mut FinetuneRerankerParams| p.check()),
         FINETUNE_GENERATOR_KIND => checked(params, FinetuneGeneratorParams::check),
         QUANTIZE_KIND => checked(params, QuantizeParams::check),
+        REINDEX_KIND => checked(params, ReindexParams::check),
         other => Err(ragd_core::Error::invalid(format!(
             "unknown job kind {other:?}; jobs that can be submitted: {FINETUNE_EMBEDDER_KIND}, \
-             {FINETUNE_RERANKER_KIND}, {FINETUNE_GENERATOR_KIND}, {QUANTIZE_KIND}"
+             {FINETUNE_RERANKER_KIND}, {FINETUNE_GENERATOR_KIND}, {QUANTIZE_KIND}, {REINDEX_KIND}"
         ))),
     }
 }

@@ -466,7 +466,7 @@ impl TrainingJobs {
         limit: usize,
     ) -> Result<Vec<Vec<ChatMessage>>> {
         // The collection may have been deleted since the job was posted.
-        self.store.get_collection(tenant, collection).await?;
+        let target = self.store.get_collection(tenant, collection).await?.index_target();
         let index = self.retriever.index();
         let mut conversations = Vec::new();
         let mut seen = HashSet::new();
@@ -480,7 +480,7 @@ impl TrainingJobs {
             {
                 let indices: Vec<u32> =
                     (0..u32::try_from(document.chunk_count).unwrap_or(u32::MAX)).collect();
-                let chunks = index.chunks(collection, document.id, document.version, &indices).await?;
+                let chunks = index.chunks(target, document.id, document.version, &indices).await?;
                 for chunk in &chunks {
                     if !seen.insert((chunk.document, chunk.heading_path.clone())) {
                         continue;

@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use ragd_core::{
-    Chunk, ChunkPayload, CollectionId, CollectionIndexSpec, DocumentId, Embedder, IndexPoint, JobId, SparseEncoder, VectorIndex,
-    point_id,
+    Chunk, ChunkPayload, CollectionId, CollectionIndexSpec, DocumentId, Embedder, EmbedderSource, IndexPoint,
+    IndexTarget, JobId, SparseEncoder, VectorIndex, point_id,
 };
 use ragd_ingest::{Chunker, ExtractedDoc};
-use ragd_store::{BlobStore, DocumentRecord, IndexedVersion, JobRecord, ReadyOutcome, Store};
+use ragd_store::{BlobStore, DocumentRecord, IndexLayout, IndexedVersion, JobRecord, ReadyOutcome, Store};
 use serde::Deserialize;
 use tracing::Instrument;
 
@@ -62,11 +62,33 @@ struct Pending {
     chunk: Chunk,
 }
 
+/// Where one collection's chunks go: every generation of its index that
+/// must have them (two during a reindex), each with its own embedder.
+struct Destinations {
+    collection: CollectionId,
+    layout: IndexLayout,
+    targets: Vec<(IndexTarget, Arc<dyn Embedder>)>,
+}
+
+/// The destinations of every collection in a group.
+struct Plan(Vec<Destinations>);
+
+impl Plan {
+    fn has(&self, collection: CollectionId) -> bool {
+        self.0.iter().any(|d| d.collection == collection)
+    }
+
+    fn of(&self, collection: CollectionId) -> &Destinations {
+        // Every document's collection was planned before its chunks exist.
+        self.0.iter().find(|d| d.collection == collection).expect("collection planned")
+    }
+}
+
 pub struct IngestPipeline {
     store: Store,
     blobs: BlobStore,
     chunker: Arc<Chunker>,
-    embedder: Arc<dyn Embedder>,
+    embedders: Arc<dyn EmbedderSource>,
     sparse: Arc<dyn SparseEncoder>,
     index: Arc<dyn VectorIndex>,
     batch_size: usize,
@@ -78,12 +100,12 @@ impl IngestPipeline {
         store: Store,
         blobs: BlobStore,
         chunker: Arc<Chunker>,
-        embedder: Arc<dyn Embedder>,
+        embedders: Arc<dyn EmbedderSource>,
         sparse: Arc<dyn SparseEncoder>,
         index: Arc<dyn VectorIndex>,
         batch_size: usize,
     ) -> Self {
-        Self { store, blobs, chunker, embedder, sparse, index, batch_size: batch_size.max(1), counters: IngestCounters::default() }
+        Self { store, blobs, chunker, embedders, sparse, index, batch_size: batch_size.max(1), counters: IngestCounters::default() }
     }
 
     pub fn counters(&self) -> &IngestCounters {
@@ -141,23 +163,17 @@ impl IngestPipeline {
         if docs.is_empty() {
             return Ok(());
         }
-        // The API created each collection in its own index; a `ragd worker`
-        // process may hold another one (a private Qdrant Edge directory), so
-        // the collections are made sure of here. Creating an existing one is
-        // a no-op.
-        let mut collections: Vec<CollectionId> = docs.iter().map(|(doc, _)| doc.collection).collect();
-        collections.sort_unstable();
-        collections.dedup();
-        for collection in collections {
-            let spec =
-                CollectionIndexSpec { collection, dimensions: self.embedder.dimensions(), settings: Default::default() };
-            self.index.create_collection(&spec).await?;
-        }
+        let plan = self.plan(&docs).await?;
         let ids: Vec<DocumentId> = docs.iter().map(|(doc, _)| doc.id).collect();
         self.store.mark_documents_processing(&ids).await?;
         let mut prepared: Vec<Prepared> = Vec::with_capacity(docs.len());
         let mut pending: Vec<Pending> = Vec::with_capacity(self.batch_size);
         for (doc, jobs) in docs {
+            if !plan.has(doc.collection) {
+                tracing::info!(document = %doc.id, "collection was deleted before ingestion; nothing to do");
+                outcomes.extend(jobs.into_iter().map(|id| (id, Ok(()))));
+                continue;
+            }
             let chunks = match self.chunks(&doc).await {
                 Ok(chunks) => chunks,
                 Err(error) => {
@@ -171,14 +187,48 @@ impl IngestPipeline {
                 pending.push(Pending { doc: slot, chunk });
                 if pending.len() == self.batch_size {
                     let batch = std::mem::replace(&mut pending, Vec::with_capacity(self.batch_size));
-                    self.embed_and_index(&prepared, batch).await?;
+                    self.embed_and_index(&plan, &prepared, batch).await?;
                 }
             }
         }
         if !pending.is_empty() {
-            self.embed_and_index(&prepared, pending).await?;
+            self.embed_and_index(&plan, &prepared, pending).await?;
         }
-        self.publish(prepared, outcomes).await
+        self.publish(&plan, prepared, outcomes).await
+    }
+
+    /// Reads each collection's generations and loads their embedders. The
+    /// API created each collection in its own index; a `ragd worker`
+    /// process may hold another one (a private Qdrant Edge directory), so
+    /// the generations are made sure of here. Creating an existing one is a
+    /// no-op.
+    async fn plan(&self, docs: &[(DocumentRecord, Vec<JobId>)]) -> Result<Plan> {
+        let mut plan: Vec<Destinations> = Vec::new();
+        for (doc, _) in docs {
+            if plan.iter().any(|d| d.collection == doc.collection) {
+                continue;
+            }
+            let record = match self.store.get_collection(&doc.tenant, doc.collection).await {
+                Ok(record) => record,
+                // Deleted with its documents since they were read.
+                Err(ragd_store::Error::NotFound(_)) => continue,
+                Err(error) => return Err(error.into()),
+            };
+            let mut targets = Vec::new();
+            for write in record.write_targets() {
+                let embedders = self.embedders.clone();
+                let embedder = tokio::task::spawn_blocking(move || embedders.embedder(&write.embedder)).await??;
+                let spec = CollectionIndexSpec {
+                    target: write.target,
+                    dimensions: embedder.dimensions(),
+                    settings: Default::default(),
+                };
+                self.index.create_collection(&spec).await?;
+                targets.push((write.target, embedder));
+            }
+            plan.push(Destinations { collection: record.id, layout: record.layout(), targets });
+        }
+        Ok(Plan(plan))
     }
 
     async fn chunks(&self, doc: &DocumentRecord) -> Result<Vec<Chunk>> {
@@ -204,18 +254,38 @@ impl IngestPipeline {
         Ok(chunks)
     }
 
-    /// Embeds one batch of chunks, of any documents of the group, and
-    /// writes their points: one index write per collection in the batch.
-    async fn embed_and_index(&self, prepared: &[Prepared], batch: Vec<Pending>) -> Result<()> {
+    /// Embeds one batch of chunks, of any documents of the group, with each
+    /// embedder their collections' generations need, and writes their
+    /// points: one index write per generation in the batch.
+    async fn embed_and_index(&self, plan: &Plan, prepared: &[Prepared], batch: Vec<Pending>) -> Result<()> {
         let started = Instant::now();
         let count = batch.len();
         let texts: Vec<String> = batch
             .iter()
             .map(|pending| pending.chunk.embedding_text(&prepared[pending.doc].doc.title))
             .collect();
-        let (embedder, sparse) = (self.embedder.clone(), self.sparse.clone());
+        // Each embedder with the chunks it encodes (usually one for all).
+        let mut work: Vec<(Arc<dyn Embedder>, Vec<usize>)> = Vec::new();
+        for (position, pending) in batch.iter().enumerate() {
+            for (_, embedder) in &plan.of(prepared[pending.doc].doc.collection).targets {
+                match work.iter_mut().find(|(known, _)| known.model() == embedder.model()) {
+                    Some((_, positions)) if positions.last() == Some(&position) => {}
+                    Some((_, positions)) => positions.push(position),
+                    None => work.push((embedder.clone(), vec![position])),
+                }
+            }
+        }
+        let sparse = self.sparse.clone();
         let (dense, sparse_vectors) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let dense = embedder.embed_documents(&texts)?;
+            let mut dense: Vec<(String, Vec<Option<Vec<f32>>>)> = Vec::with_capacity(work.len());
+            for (embedder, positions) in work {
+                let wanted: Vec<String> = positions.iter().map(|&p| texts[p].clone()).collect();
+                let mut vectors = vec![None; texts.len()];
+                for (position, vector) in positions.into_iter().zip(embedder.embed_documents(&wanted)?) {
+                    vectors[position] = Some(vector);
+                }
+                dense.push((embedder.model().to_owned(), vectors));
+            }
             let sparse_vectors: Vec<_> = texts.iter().map(|t| sparse.encode_document(t)).collect();
             Ok((dense, sparse_vectors))
         })
@@ -223,40 +293,48 @@ impl IngestPipeline {
         .await??;
         self.counters.embed_ms.fetch_add(elapsed_ms(started), Ordering::Relaxed);
 
-        let mut by_collection: Vec<(CollectionId, Vec<IndexPoint>)> = Vec::new();
-        for ((pending, dense), sparse) in batch.into_iter().zip(dense).zip(sparse_vectors) {
+        let mut by_target: Vec<(IndexTarget, Vec<IndexPoint>)> = Vec::new();
+        for (position, (pending, sparse)) in batch.into_iter().zip(sparse_vectors).enumerate() {
             let doc = &prepared[pending.doc].doc;
             let chunk = pending.chunk;
-            let point = IndexPoint {
-                id: point_id(doc.id, doc.version, chunk.index),
-                dense,
-                sparse,
-                payload: ChunkPayload {
-                    tenant: doc.tenant.clone(),
-                    collection: doc.collection,
-                    document: doc.id,
-                    version: doc.version,
-                    chunk_index: chunk.index,
-                    title: doc.title.clone(),
-                    heading_path: chunk.heading_path_text(),
-                    page: chunk.page,
-                    text: chunk.text,
-                    metadata: doc.metadata.clone(),
-                    acl: doc.acl.clone(),
-                },
+            let payload = ChunkPayload {
+                tenant: doc.tenant.clone(),
+                collection: doc.collection,
+                document: doc.id,
+                version: doc.version,
+                chunk_index: chunk.index,
+                title: doc.title.clone(),
+                heading_path: chunk.heading_path_text(),
+                page: chunk.page,
+                text: chunk.text,
+                metadata: doc.metadata.clone(),
+                acl: doc.acl.clone(),
             };
-            match by_collection.iter_mut().find(|(collection, _)| *collection == doc.collection) {
-                Some((_, points)) => points.push(point),
-                None => by_collection.push((doc.collection, vec![point])),
+            for (target, embedder) in &plan.of(doc.collection).targets {
+                let vectors = dense.iter().find(|(model, _)| model == embedder.model()).map(|(_, v)| v);
+                let Some(Some(vector)) = vectors.map(|v| &v[position]) else {
+                    return Err(ragd_core::Error::internal("a chunk was not embedded for one of its generations").into());
+                };
+                let point = IndexPoint {
+                    id: point_id(doc.id, doc.version, chunk.index),
+                    dense: vector.clone(),
+                    sparse: sparse.clone(),
+                    payload: payload.clone(),
+                };
+                match by_target.iter_mut().find(|(known, _)| known == target) {
+                    Some((_, points)) => points.push(point),
+                    None => by_target.push((*target, vec![point])),
+                }
             }
         }
         let started = Instant::now();
-        for (collection, points) in by_collection {
+        for (target, points) in by_target {
             let chunks = points.len();
             self.index
-                .upsert(collection, points)
-                .instrument(tracing::info_span!("index", %collection, chunks))
-                .await?;
+                .upsert(target, points)
+                .instrument(tracing::info_span!("index", %target, chunks))
+                .await
+                .map_err(generation_gone)?;
         }
         self.counters.index_ms.fetch_add(elapsed_ms(started), Ordering::Relaxed);
         self.counters.chunks_indexed.fetch_add(count as u64, Ordering::Relaxed);
@@ -266,11 +344,13 @@ impl IngestPipeline {
     /// Makes the new versions the searchable ones: old versions' points go
     /// only now, after every new point is in the index; then the documents
     /// are marked ready in one transaction.
-    async fn publish(&self, prepared: Vec<Prepared>, outcomes: &mut Vec<JobOutcome>) -> Result<()> {
+    async fn publish(&self, plan: &Plan, prepared: Vec<Prepared>, outcomes: &mut Vec<JobOutcome>) -> Result<()> {
         for Prepared { doc, .. } in &prepared {
             // Versions only grow, so a first version has no older points.
             if doc.version > 1 {
-                self.index.delete_document(doc.collection, doc.id, Some(doc.version)).await?;
+                for (target, _) in &plan.of(doc.collection).targets {
+                    self.index.delete_document(*target, doc.id, Some(doc.version)).await.map_err(generation_gone)?;
+                }
             }
         }
         let indexed: Vec<IndexedVersion> = prepared
@@ -279,6 +359,7 @@ impl IngestPipeline {
                 document: p.doc.id,
                 version: p.doc.version,
                 chunk_count: p.chunk_count as i64,
+                layout: plan.of(p.doc.collection).layout,
             })
             .collect();
         let results = self.store.mark_documents_ready(&indexed).await?;
@@ -291,7 +372,13 @@ impl IngestPipeline {
                 ReadyOutcome::Superseded => {}
                 ReadyOutcome::Missing => {
                     // Deleted while we worked: take back what we just indexed.
-                    self.index.delete_document(doc.collection, doc.id, None).await?;
+                    for (target, _) in &plan.of(doc.collection).targets {
+                        self.index.delete_document(*target, doc.id, None).await.map_err(generation_gone)?;
+                    }
+                }
+                ReadyOutcome::IndexMoved => {
+                    outcomes.extend(spread(index_moved().into(), jobs));
+                    continue;
                 }
             }
             outcomes.extend(jobs.into_iter().map(|id| (id, Ok(()))));
@@ -308,6 +395,20 @@ impl IngestPipeline {
             tracing::warn!(document = %payload.document, error = %ragd_core::Error::from(error).chain(), "recording document failure failed");
         }
     }
+}
+
+fn index_moved() -> ragd_core::Error {
+    ragd_core::Error::new(
+        ragd_core::ErrorKind::Unavailable,
+        "the collection's index generations changed (a reindex started or finished); ingesting again",
+    )
+}
+
+/// A generation that vanished under a write was replaced by a reindex (or
+/// its collection deleted): the job is run again, against what is there
+/// now, instead of failing its documents.
+fn generation_gone(error: ragd_core::Error) -> ragd_core::Error {
+    if error.kind() == ragd_core::ErrorKind::NotFound { index_moved() } else { error }
 }
 
 /// The same error for each of `jobs`: the first gets it whole, the others a

@@ -14,6 +14,7 @@ pub mod finetune;
 pub mod generator_job;
 pub mod ingest;
 pub mod quantize_job;
+pub mod reindex_job;
 pub mod reranker_job;
 mod worker;
 
@@ -25,6 +26,7 @@ pub use finetune::{validate_submission, TrainingJobs, FINETUNE_EMBEDDER_KIND};
 pub use generator_job::{ADAPTER_KIND, FINETUNE_GENERATOR_KIND};
 pub use ingest::{IngestCounters, IngestPipeline, JobOutcome};
 pub use quantize_job::{ModelDirs, GENERATOR_KIND, QUANTIZE_KIND};
+pub use reindex_job::REINDEX_KIND;
 pub use reranker_job::FINETUNE_RERANKER_KIND;
 pub use worker::{Worker, WorkerHandle};
 

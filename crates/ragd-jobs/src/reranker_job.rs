@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use ragd_core::{CollectionId, ErrorKind, Filter, SearchMode, TenantId, TopK};
 use ragd_retrieve::SearchRequest;
-use ragd_store::JobRecord;
+use ragd_store::{CollectionRecord, JobRecord};
 use ragd_train::{RerankExample, RerankerConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -141,7 +141,7 @@ impl TrainingJobs {
         let collection: CollectionId =
             params.collection.parse().map_err(|_| payload_error("collection is not an id".to_owned()))?;
         // The collection may have been deleted since the job was posted.
-        self.store.get_collection(&tenant, collection).await?;
+        let record = self.store.get_collection(&tenant, collection).await?;
         let name = params.name.clone().unwrap_or_else(|| {
             let id = job.id.to_string();
             format!("{}-rr-{}", params.base_model, &id[id.len() - 8..])
@@ -156,7 +156,7 @@ impl TrainingJobs {
         self.store
             .append_job_log(job.id, &format!("mining hard negatives for {} queries", judged.len()))
             .await?;
-        let examples = self.mine(&tenant, collection, &judged, params.negatives).await?;
+        let examples = self.mine(&tenant, &record, &judged, params.negatives).await?;
         let mined: usize = examples.iter().map(|e| e.negatives.len()).sum();
         let scratch = self.scratch_dir(job.id);
         let resume = resume_point(job);
@@ -245,7 +245,7 @@ impl TrainingJobs {
     async fn mine(
         &self,
         tenant: &TenantId,
-        collection: CollectionId,
+        collection: &CollectionRecord,
         judged: &[Judged],
         negatives: usize,
     ) -> Result<Vec<RerankExample>> {
@@ -254,7 +254,8 @@ impl TrainingJobs {
             let depth = (negatives + item.positives.len() + MINING_MARGIN).min(TopK::MAX);
             let request = SearchRequest {
                 tenant: tenant.clone(),
-                collection,
+                target: collection.index_target(),
+                embedder: collection.embedder.clone(),
                 query: item.query.clone(),
                 top_k: TopK::new(depth)?,
                 mode: SearchMode::Hybrid,

@@ -13,6 +13,7 @@ use crate::finetune::{TrainingJobs, FINETUNE_EMBEDDER_KIND};
 use crate::generator_job::FINETUNE_GENERATOR_KIND;
 use crate::ingest::{IngestPipeline, JobOutcome};
 use crate::quantize_job::QUANTIZE_KIND;
+use crate::reindex_job::REINDEX_KIND;
 use crate::reranker_job::FINETUNE_RERANKER_KIND;
 use crate::{Error, JobsConfig};
 
@@ -58,6 +59,7 @@ impl Worker {
         FINETUNE_RERANKER_KIND,
         FINETUNE_GENERATOR_KIND,
         QUANTIZE_KIND,
+        REINDEX_KIND,
     ];
 
     /// The known kind spelled `name`.
@@ -185,6 +187,7 @@ impl Worker {
                 FINETUNE_RERANKER_KIND => self.training.run_reranker(&job, &self.name).await,
                 FINETUNE_GENERATOR_KIND => self.training.run_generator(&job, &self.name).await,
                 QUANTIZE_KIND => self.training.run_quantize(&job, &self.name).await,
+                REINDEX_KIND => self.training.run_reindex(&job, &self.name).await,
                 kind => Err(Error::UnknownKind(kind.to_owned())),
             };
             outcomes.push((job.id, outcome));

@@ -1,7 +1,7 @@
 //! Context expansion: a hit is often the middle of an argument, so the
 //! generator gets it together with its neighbours.
 
-use ragd_core::{ChunkPayload, DocumentId, IndexHit, VectorIndex};
+use ragd_core::{ChunkPayload, DocumentId, IndexHit, IndexTarget, VectorIndex};
 
 /// A contiguous run of one document's chunks, in the rank order of the best
 /// hit it contains.
@@ -55,6 +55,7 @@ fn plan(hits: &[IndexHit], window: u32) -> Vec<Span> {
 
 pub async fn expand_hits(
     index: &dyn VectorIndex,
+    target: IndexTarget,
     hits: &[IndexHit],
     window: u32,
 ) -> ragd_core::Result<Vec<ContextPassage>> {
@@ -68,7 +69,7 @@ pub async fn expand_hits(
                 .map(|h| h.payload.clone())
                 .collect()
         } else {
-            index.chunks(head.collection, head.document, head.version, &wanted).await?
+            index.chunks(target, head.document, head.version, &wanted).await?
         };
         let mut chunks: Vec<ChunkPayload> = chunks;
         chunks.sort_by_key(|c| c.chunk_index);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ragd_core::{
-    ChunkPayload, CollectionId, Embedder, Filter, HybridQuery, IndexHit, RerankerSource, SearchMode,
+    ChunkPayload, Embedder, EmbedderSource, Filter, HybridQuery, IndexHit, IndexTarget, RerankerSource, SearchMode,
     SparseEncoder, TenantId, TopK, VectorIndex,
 };
 use serde::Deserialize;
@@ -84,7 +84,10 @@ pub const MAX_RRF_K: u32 = 10_000;
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
     pub tenant: TenantId,
-    pub collection: CollectionId,
+    /// The collection's searched generation.
+    pub target: IndexTarget,
+    /// The embedder that generation's vectors came from.
+    pub embedder: String,
     pub query: String,
     pub top_k: TopK,
     pub mode: SearchMode,
@@ -116,6 +119,8 @@ pub struct Reranked {
 
 #[derive(Debug, Clone)]
 pub struct Retrieved {
+    /// The generation searched, where the hits' neighbours are.
+    pub target: IndexTarget,
     pub hits: Vec<IndexHit>,
     pub timings: StageTimings,
     /// `None` when no reranker was asked for.
@@ -135,7 +140,7 @@ pub fn passage_text(payload: &ChunkPayload) -> String {
 
 #[derive(Clone)]
 pub struct Retriever {
-    embedder: Arc<dyn Embedder>,
+    embedders: Arc<dyn EmbedderSource>,
     sparse: Arc<dyn SparseEncoder>,
     index: Arc<dyn VectorIndex>,
     rerankers: Option<Arc<dyn RerankerSource>>,
@@ -144,12 +149,12 @@ pub struct Retriever {
 
 impl Retriever {
     pub fn new(
-        embedder: Arc<dyn Embedder>,
+        embedders: Arc<dyn EmbedderSource>,
         sparse: Arc<dyn SparseEncoder>,
         index: Arc<dyn VectorIndex>,
         config: RetrievalConfig,
     ) -> Self {
-        Self { embedder, sparse, index, rerankers: None, config }
+        Self { embedders, sparse, index, rerankers: None, config }
     }
 
     /// Where the rerankers a search names are loaded from.
@@ -166,8 +171,13 @@ impl Retriever {
         &self.index
     }
 
-    pub fn embedder(&self) -> &Arc<dyn Embedder> {
-        &self.embedder
+    pub fn sparse(&self) -> &Arc<dyn SparseEncoder> {
+        &self.sparse
+    }
+
+    /// The embedder of that name, loaded on first use (blocking).
+    pub fn embedder(&self, name: &str) -> ragd_core::Result<Arc<dyn Embedder>> {
+        self.embedders.embedder(name)
     }
 
     pub async fn search(&self, request: SearchRequest) -> Result<Retrieved> {
@@ -191,13 +201,14 @@ impl Retriever {
         }
 
         let started = Instant::now();
-        let (embedder, sparse, mode) = (self.embedder.clone(), self.sparse.clone(), request.mode);
-        let text = query.clone();
-        // Encoding is CPU-bound model inference: keep it off the async threads.
+        let (embedders, sparse, mode) = (self.embedders.clone(), self.sparse.clone(), request.mode);
+        let (text, embedder) = (query.clone(), request.embedder.clone());
+        // Encoding is CPU-bound model inference (and a trained embedder's
+        // first use loads it): keep it off the async threads.
         let (dense, sparse_vector) = tokio::task::spawn_blocking(move || -> ragd_core::Result<_> {
             let dense = match mode {
                 SearchMode::Sparse => Vec::new(),
-                _ => embedder.embed_query(&text)?,
+                _ => embedders.embedder(&embedder)?.embed_query(&text)?,
             };
             let sparse_vector = match mode {
                 SearchMode::Dense => Default::default(),
@@ -218,7 +229,7 @@ impl Retriever {
         let started = Instant::now();
         let hybrid = HybridQuery {
             tenant: request.tenant,
-            collection: request.collection,
+            target: request.target,
             dense,
             sparse: sparse_vector,
             mode,
@@ -244,7 +255,7 @@ impl Retriever {
         }
         hits.truncate(top_k);
         tracing::info!(hits = hits.len(), encode_ms, search_ms, rerank_ms, "retrieved");
-        Ok(Retrieved { hits, timings: StageTimings { encode_ms, search_ms, rerank_ms }, reranked })
+        Ok(Retrieved { target: request.target, hits, timings: StageTimings { encode_ms, search_ms, rerank_ms }, reranked })
     }
 
     /// Scores the first `count` hits with the reranker `model` and orders
@@ -270,8 +281,8 @@ impl Retriever {
 
     /// Widens each hit with `window` chunks on either side, merging hits of
     /// the same document that touch so no text is given twice.
-    pub async fn expand(&self, hits: &[IndexHit], window: u32) -> Result<Vec<ContextPassage>> {
-        Ok(expand_hits(self.index.as_ref(), hits, window)
+    pub async fn expand(&self, target: IndexTarget, hits: &[IndexHit], window: u32) -> Result<Vec<ContextPassage>> {
+        Ok(expand_hits(self.index.as_ref(), target, hits, window)
             .instrument(tracing::info_span!("expand_context", hits = hits.len(), window))
             .await?)
     }

@@ -109,7 +109,7 @@ pub async fn prepare(state: &AppState, caller: &Caller, request: RagRequest<'_>)
     let retrieved = search.retrieve(state, caller, request.collection, state.answer.top_k).await?;
 
     let expand_started = Instant::now();
-    let passages = state.retriever.expand(&retrieved.hits, window).await?;
+    let passages = state.retriever.expand(retrieved.target, &retrieved.hits, window).await?;
     let expand_ms = expand_started.elapsed().as_secs_f64() * 1e3;
 
     let generator = match &settings.generation.model {

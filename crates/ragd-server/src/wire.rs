@@ -25,8 +25,19 @@ pub struct CollectionView {
     pub created_at: String,
     #[schema(value_type = Object)]
     pub settings: Map<String, Value>,
+    /// A `reindex` job building the collection's vectors with another
+    /// embedder; searches use `embedder` until it finishes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reindex: Option<ReindexView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<CollectionStats>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReindexView {
+    pub job: String,
+    pub embedder: String,
+    pub dimensions: i64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -75,6 +86,11 @@ impl From<&CollectionRecord> for CollectionView {
             settings: crate::settings::CollectionSettings::of(c)
                 .map(|settings| settings.to_map())
                 .unwrap_or_else(|_| c.settings.clone()),
+            reindex: c.pending.as_ref().map(|p| ReindexView {
+                job: p.job.to_string(),
+                embedder: p.embedder.clone(),
+                dimensions: p.dimensions,
+            }),
             stats: None,
         }
     }

@@ -4,6 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::batches::BatchId;
+use crate::collections::IndexLayout;
 use crate::error::{Error, Result};
 use crate::jobs::{JobState, INGEST_JOB_KIND};
 use crate::store::{column, now_ms, placeholders, Backend, Store};
@@ -67,6 +68,8 @@ pub struct IndexedVersion {
     pub document: DocumentId,
     pub version: i64,
     pub chunk_count: i64,
+    /// The collection's generations the chunks were written to.
+    pub layout: IndexLayout,
 }
 
 /// What recording an [`IndexedVersion`] did.
@@ -78,6 +81,9 @@ pub enum ReadyOutcome {
     Superseded,
     /// The document was deleted meanwhile.
     Missing,
+    /// A reindex started or finished meanwhile, so the chunks are not in
+    /// every generation the collection now has; the job must run again.
+    IndexMoved,
 }
 
 /// How many documents of a collection are in each status, and how many
@@ -534,9 +540,11 @@ impl Store {
 
     /// Records that `version` of the document is in the index with
     /// `chunk_count` chunks; does nothing when a newer version has been
-    /// queued since. Fails with NotFound when the document is gone.
+    /// queued since. Fails with NotFound when the document is gone. For a
+    /// collection that was never reindexed (generation 0, none pending).
     pub async fn mark_document_ready(&self, id: DocumentId, version: i64, chunk_count: i64) -> Result<()> {
-        let indexed = IndexedVersion { document: id, version, chunk_count };
+        let layout = IndexLayout { generation: 0, pending: None };
+        let indexed = IndexedVersion { document: id, version, chunk_count, layout };
         match self.mark_documents_ready(&[indexed]).await?.pop() {
             Some(ReadyOutcome::Missing) | None => Err(Error::NotFound(format!("document {id}"))),
             Some(_) => Ok(()),
@@ -556,13 +564,17 @@ impl Store {
             // follows.
             let updated = sqlx::query(
                 "UPDATE documents SET status = $1, failure = NULL, version = $2, chunk_count = $3, \
-                 updated_at = $4 WHERE id = $5 AND version <= $2",
+                 updated_at = $4 WHERE id = $5 AND version <= $2 AND EXISTS (SELECT 1 FROM collections c \
+                 WHERE c.id = documents.collection_id AND c.index_generation = $6 \
+                 AND COALESCE(c.pending_generation, -1) = $7)",
             )
             .bind(DocumentStatus::Ready.as_str())
             .bind(item.version)
             .bind(item.chunk_count)
             .bind(now)
             .bind(item.document.to_string())
+            .bind(i64::from(item.layout.generation))
+            .bind(item.layout.pending.map_or(-1, i64::from))
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -577,8 +589,13 @@ impl Store {
             outcomes.push(match current {
                 Some(row) => {
                     let current: i64 = row.try_get("version")?;
-                    tracing::info!(document = %item.document, current, "a newer version is queued; this one is not published");
-                    ReadyOutcome::Superseded
+                    if current > item.version {
+                        tracing::info!(document = %item.document, current, "a newer version is queued; this one is not published");
+                        ReadyOutcome::Superseded
+                    } else {
+                        tracing::info!(document = %item.document, "the collection's index generations changed; not published");
+                        ReadyOutcome::IndexMoved
+                    }
                 }
                 None => ReadyOutcome::Missing,
             });

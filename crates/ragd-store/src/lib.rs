@@ -23,7 +23,9 @@ mod store;
 pub use audit::{AuditRecord, NewAuditEntry};
 pub use batches::{BatchId, BatchRecord, NewBatch};
 pub use blob::BlobStore;
-pub use collections::{CollectionRecord, CollectionUpdate, NewCollection};
+pub use collections::{
+    CollectionRecord, CollectionUpdate, IndexLayout, NewCollection, PendingIndex, WriteTarget,
+};
 pub use documents::{AddOutcome, DocumentRecord, IndexedVersion, NewDocument, ReadyOutcome, StatusCounts};
 pub use error::{Error, Result};
 pub use job_reports::{JobControl, JobLogLine, JobMetric};

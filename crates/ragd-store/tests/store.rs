@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use ragd_core::{
-    CollectionId, CollectionName, ContentHash, DocumentId, DocumentStatus, TenantId, Visibility,
+    CollectionId, CollectionName, ContentHash, DocumentId, DocumentStatus, IndexTarget, TenantId, Visibility,
 };
 use ragd_store::{
     AddOutcome, Backend, BatchId, BlobStore, CollectionRecord, CollectionUpdate, DocumentRecord, Error,
-    IndexedVersion, JobControl, JobState, KeyRejection, NewAuditEntry, NewBatch, NewCollection, NewDocument,
+    IndexLayout, IndexedVersion, JobControl, JobState, KeyRejection, NewAuditEntry, NewBatch, NewCollection, NewDocument,
     NewKey, QueuePolicy, ReadyOutcome, Role, Store, StoreConfig, INGEST_JOB_KIND,
 };
 use sqlx::{Connection, Executor};
@@ -132,6 +132,7 @@ on_both_engines!(
     keys_are_listed_and_revoked_per_tenant,
     audit_entries_page_newest_first_per_tenant,
     acl_visibility_filters_lists_and_counts,
+    a_reindex_builds_the_next_generation_and_swaps,
 );
 
 fn tenant(name: &str) -> TenantId {
@@ -401,7 +402,7 @@ async fn jobs_are_claimed_and_finished_in_groups(store: Store) {
     let ids: Vec<DocumentId> = inserted[..3].iter().map(|(doc, _)| doc.id).collect();
     assert_eq!(store.mark_documents_processing(&ids).await.expect("processing"), 2);
     let indexed: Vec<IndexedVersion> =
-        ids.iter().map(|&document| IndexedVersion { document, version: 1, chunk_count: 3 }).collect();
+        ids.iter().map(|&document| IndexedVersion { document, version: 1, chunk_count: 3, layout: docs.layout() }).collect();
     let outcomes = store.mark_documents_ready(&indexed).await.expect("ready");
     assert_eq!(outcomes, [ReadyOutcome::Missing, ReadyOutcome::Ready, ReadyOutcome::Ready]);
     assert_eq!(store.complete_jobs(&claimed, "a").await.expect("complete"), 2);
@@ -1210,4 +1211,51 @@ async fn the_same_content_under_another_acl_is_another_document(store: Store) {
     versioned.acl = vec!["hr".to_owned()];
     let outcomes = store.insert_documents_with_jobs(None, &[versioned]).await.expect("insert");
     assert!(matches!(&outcomes[0], AddOutcome::NewVersion { record, .. } if record.version == 2), "{outcomes:?}");
+}
+
+async fn a_reindex_builds_the_next_generation_and_swaps(store: Store) {
+    let docs = collection(&store, "docs").await;
+    assert_eq!((docs.index_generation, docs.pending.clone()), (0, None));
+    assert_eq!(docs.write_targets().len(), 1);
+    let params = serde_json::json!({});
+    let submit = || store.submit_job(&docs.tenant, "reindex", &params);
+    let (job, other_job) = (submit().await.expect("job").id, submit().await.expect("job").id);
+
+    let building = store.begin_reindex(&docs.tenant, docs.id, "tuned", 768, job).await.expect("begin");
+    let pending = building.pending.clone().expect("pending");
+    assert_eq!((pending.generation, pending.embedder.as_str(), pending.dimensions, pending.job), (1, "tuned", 768, job));
+    let targets: Vec<IndexTarget> = building.write_targets().iter().map(|t| t.target).collect();
+    assert_eq!(targets, [IndexTarget::new(docs.id, 0), IndexTarget::new(docs.id, 1)]);
+    let resumed = store.begin_reindex(&docs.tenant, docs.id, "tuned", 768, job).await.expect("a retry resumes");
+    assert_eq!(resumed.pending, building.pending);
+    let busy = store.begin_reindex(&docs.tenant, docs.id, "other", 384, other_job).await;
+    assert!(matches!(busy, Err(Error::Conflict(_))), "{busy:?}");
+
+    // A document indexed before the reindex began is not published: its
+    // chunks are missing from generation 1.
+    let (doc, _) = store.insert_document_with_job(&new_document(&docs, "doc")).await.expect("insert");
+    let stale = IndexedVersion { document: doc.id, version: 1, chunk_count: 2, layout: docs.layout() };
+    assert_eq!(store.mark_documents_ready(&[stale]).await.expect("ready"), [ReadyOutcome::IndexMoved]);
+    let current = IndexedVersion { document: doc.id, version: 1, chunk_count: 2, layout: building.layout() };
+    assert_eq!(store.mark_documents_ready(&[current]).await.expect("ready"), [ReadyOutcome::Ready]);
+
+    assert!(matches!(store.finish_reindex(docs.id, other_job).await, Err(Error::Conflict(_))));
+    assert_eq!(store.finish_reindex(docs.id, job).await.expect("finish"), 0, "generation 0 was searched before");
+    let swapped = store.get_collection(&docs.tenant, docs.id).await.expect("get");
+    assert_eq!((swapped.index_generation, swapped.embedder.as_str(), swapped.dimensions, swapped.pending.clone()), (1, "tuned", 768, None));
+    assert_eq!(swapped.layout(), IndexLayout { generation: 1, pending: None });
+
+    let again = store.begin_reindex(&docs.tenant, docs.id, "other", 384, other_job).await.expect("begin");
+    assert_eq!(again.pending.as_ref().map(|p| p.generation), Some(2));
+    assert_eq!(store.abandon_reindex(docs.id, job).await.expect("not this job's"), None);
+    assert_eq!(store.abandon_reindex(docs.id, other_job).await.expect("abandon"), Some(2));
+    let kept = store.get_collection(&docs.tenant, docs.id).await.expect("get");
+    assert_eq!((kept.index_generation, kept.embedder.as_str(), kept.pending), (1, "tuned", None));
+
+    // A reindex whose job ended without finishing it is taken over.
+    store.begin_reindex(&docs.tenant, docs.id, "other", 384, other_job).await.expect("begin");
+    store.request_job_cancel(&docs.tenant, other_job).await.expect("cancel the queued job");
+    let third = submit().await.expect("job").id;
+    let taken = store.begin_reindex(&docs.tenant, docs.id, "third", 384, third).await.expect("take over");
+    assert_eq!(taken.pending.map(|p| (p.generation, p.job)), Some((2, third)));
 }

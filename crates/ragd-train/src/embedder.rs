@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use ragd_embed::bert::{Bert, BertConfig, QuantizedLinears};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use ragd_embed::SentenceEncoder;
 
 use crate::{Error, Result};
 
@@ -23,77 +22,6 @@ const VOCAB_FILE: &str = "vocab.txt";
 /// sentence-transformers' `MultipleNegativesRankingLoss`.
 const SIMILARITY_SCALE: f64 = 20.0;
 
-/// A text encoder producing unit-length sentence vectors.
-pub struct Encoder {
-    bert: Bert,
-    tokenizer: Tokenizer,
-    device: Device,
-    dimensions: usize,
-}
-
-impl Encoder {
-    /// Loads a model directory (`model.safetensors`, or `model.gguf` for a
-    /// quantized one, `config.json`, `tokenizer.json`) for inference; texts
-    /// are cut at `max_seq_len` tokens.
-    pub fn load(dir: &Path, max_seq_len: usize) -> Result<Self> {
-        let device = Device::Cpu;
-        let config = read_config(dir)?;
-        let quantized_weights = dir.join(ragd_embed::QUANTIZED_WEIGHTS_FILE);
-        if quantized_weights.is_file() {
-            let (vb, quantized) = ragd_embed::load_quantized_weights(&quantized_weights, &device)?;
-            return Self::build(dir, &config, vb, &quantized, max_seq_len, device);
-        }
-        let weights = dir.join(WEIGHTS_FILE);
-        require(&weights)?;
-        // SAFETY: the file is mapped read-only and nothing in ragd writes a
-        // model file in place (trained models are written beside and renamed).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
-        Self::build(dir, &config, vb, &QuantizedLinears::default(), max_seq_len, device)
-    }
-
-    fn build(
-        dir: &Path,
-        config: &BertConfig,
-        vb: VarBuilder,
-        quantized: &QuantizedLinears,
-        max_seq_len: usize,
-        device: Device,
-    ) -> Result<Self> {
-        let bert = Bert::load_quantized(config, vb, quantized)?;
-        let tokenizer = load_tokenizer(dir, max_seq_len.min(config.max_position_embeddings))?;
-        Ok(Self { bert, tokenizer, device, dimensions: config.hidden_size })
-    }
-
-    pub fn dimensions(&self) -> usize {
-        self.dimensions
-    }
-
-    /// One unit vector per text.
-    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(self.forward(texts)?.to_vec2::<f32>()?)
-    }
-
-    /// (texts, dimensions), each row of unit length; differentiable.
-    fn forward(&self, texts: &[&str]) -> Result<Tensor> {
-        let encodings =
-            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let tokens = encodings.first().map_or(0, |e| e.get_ids().len());
-        let ids: Vec<u32> = encodings.iter().flat_map(|e| e.get_ids().iter().copied()).collect();
-        let mask: Vec<u32> = encodings.iter().flat_map(|e| e.get_attention_mask().iter().copied()).collect();
-        let ids = Tensor::from_vec(ids, (texts.len(), tokens), &self.device)?;
-        let mask = Tensor::from_vec(mask, (texts.len(), tokens), &self.device)?;
-        let states = self.bert.forward(&ids, None, &mask)?;
-        let weights = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let summed = states.broadcast_mul(&weights)?.sum(1)?;
-        let pooled = summed.broadcast_div(&weights.sum(1)?.clamp(1.0, f64::MAX)?)?;
-        let norms = (pooled.sqr()?.sum_keepdim(1)? + 1e-12)?.sqrt()?;
-        Ok(pooled.broadcast_div(&norms)?)
-    }
-}
-
 pub(crate) fn require(path: &Path) -> Result<()> {
     if path.is_file() {
         Ok(())
@@ -102,25 +30,6 @@ pub(crate) fn require(path: &Path) -> Result<()> {
             path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         ))
     }
-}
-
-fn read_config(dir: &Path) -> Result<BertConfig> {
-    let path = dir.join(CONFIG_FILE);
-    require(&path)?;
-    let text = std::fs::read_to_string(&path)?;
-    serde_json::from_str(&text).map_err(|e| Error::Config(e.to_string()))
-}
-
-fn load_tokenizer(dir: &Path, max_seq_len: usize) -> Result<Tokenizer> {
-    let path = dir.join(TOKENIZER_FILE);
-    require(&path)?;
-    let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer(e.to_string()))?;
-    tokenizer
-        .with_truncation(Some(TruncationParams { max_length: max_seq_len, ..Default::default() }))
-        .map_err(|e| Error::Tokenizer(e.to_string()))?;
-    tokenizer
-        .with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
-    Ok(tokenizer)
 }
 
 /// A query, a passage that answers it, and optionally one that does not.
@@ -215,18 +124,9 @@ pub fn finetune(
     stop: &AtomicBool,
     observe: &mut dyn FnMut(Event) -> ControlFlow<()>,
 ) -> Result<FinetuneOutcome> {
-    let device = Device::Cpu;
-    let bert_config = read_config(&config.base_dir)?;
     let mut varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let encoder = Encoder::build(
-        &config.base_dir,
-        &bert_config,
-        vb,
-        &QuantizedLinears::default(),
-        config.max_seq_len,
-        device,
-    )?;
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let encoder = SentenceEncoder::with_weights("training", &config.base_dir, vb, config.max_seq_len)?;
     let start_epoch = config.resume.as_ref().map_or(0, |c| c.epoch);
     let weights = match &config.resume {
         Some(checkpoint) => checkpoint.weights.clone(),
@@ -310,7 +210,7 @@ pub fn finetune(
 
 /// Cross-entropy over the scaled cosine similarities of each query with
 /// every passage of the batch; its own positive is the right class.
-fn ranking_loss(encoder: &Encoder, batch: &[&TrainingPair]) -> Result<Tensor> {
+fn ranking_loss(encoder: &SentenceEncoder, batch: &[&TrainingPair]) -> Result<Tensor> {
     let queries: Vec<&str> = batch.iter().map(|p| p.query.as_str()).collect();
     let passages: Vec<&str> = batch
         .iter()
@@ -320,11 +220,11 @@ fn ranking_loss(encoder: &Encoder, batch: &[&TrainingPair]) -> Result<Tensor> {
     let queries = encoder.forward(&queries)?;
     let passages = encoder.forward(&passages)?;
     let logits = (queries.matmul(&passages.t()?)? * SIMILARITY_SCALE)?;
-    let labels = Tensor::arange(0u32, batch.len() as u32, &encoder.device)?;
+    let labels = Tensor::arange(0u32, batch.len() as u32, encoder.device())?;
     Ok(candle_nn::loss::cross_entropy(&logits, &labels)?)
 }
 
-fn validate(encoder: &Encoder, pairs: &[&TrainingPair], batch_size: usize) -> Result<Option<Validation>> {
+fn validate(encoder: &SentenceEncoder, pairs: &[&TrainingPair], batch_size: usize) -> Result<Option<Validation>> {
     if pairs.is_empty() {
         return Ok(None);
     }

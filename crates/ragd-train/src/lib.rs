@@ -17,7 +17,7 @@ mod reranker;
 use ragd_core::ErrorKind;
 
 pub use embedder::{
-    finetune, Checkpoint, Encoder, Event, FinetuneConfig, FinetuneOutcome, TrainingPair, Validation,
+    finetune, Checkpoint, Event, FinetuneConfig, FinetuneOutcome, TrainingPair, Validation,
     CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE,
 };
 pub use lora::{finetune_lora, merge_lora, LoraConfig, LoraOutcome, LoraTarget, LossValidation, ADAPTER_FILE};

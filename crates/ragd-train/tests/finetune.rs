@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use ragd_train::{finetune, Checkpoint, Encoder, Error, Event, FinetuneConfig, TrainingPair};
+use ragd_train::{finetune, Checkpoint, Error, Event, FinetuneConfig, TrainingPair};
 
 fn base_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-minilm-l6-v2");
@@ -86,7 +86,7 @@ fn a_stopped_run_resumes_after_its_last_checkpoint() {
     assert!(!events.iter().any(|e| matches!(e, Event::Epoch { epoch: 0 | 1, .. })), "{events:?}");
     assert_eq!((outcome.steps, outcome.dimensions, outcome.validation), (4, 384, None));
 
-    let encoder = Encoder::load(&config.output_dir, 16).expect("trained model loads");
+    let encoder = ragd_embed::SentenceEncoder::load("trained", &config.output_dir, 16).expect("trained model loads");
     let vectors = encoder.embed(&["code word 1"]).expect("embed");
     assert_eq!(vectors[0].len(), 384);
 }

@@ -65,7 +65,7 @@ pub fn encoder(args: EncoderArgs) -> anyhow::Result<()> {
     let passages: Vec<String> = corpus.iter().map(|doc| format!("{} {}", doc.title, doc.text)).collect();
     let passages: Vec<&str> = passages.iter().map(String::as_str).collect();
     let embed = |dir: &PathBuf| -> anyhow::Result<(Vec<Vec<f32>>, f64)> {
-        let model = ragd_train::Encoder::load(dir, args.max_seq_len)?;
+        let model = ragd_embed::SentenceEncoder::load("bench", dir, args.max_seq_len)?;
         let started = Instant::now();
         let mut vectors = Vec::with_capacity(passages.len());
         for batch in passages.chunks(args.batch_size.max(1)) {
@@ -223,7 +223,7 @@ pub async fn run(config: Config, args: IngestBenchArgs) -> anyhow::Result<()> {
     }
     let engines = Engines::build(&config).await?;
     let name = args.corpus.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let collection = create_collection(&engines, &TenantId::default_tenant(), "bench", &name).await?;
+    let collection = create_collection(&engines, &TenantId::default_tenant(), "bench", &name, None).await?;
 
     let started = Instant::now();
     queue_corpus(&engines, &collection, &corpus).await?;
@@ -234,7 +234,7 @@ pub async fn run(config: Config, args: IngestBenchArgs) -> anyhow::Result<()> {
     let counts = run_workers(&engines, &config, &pipeline, &collection, corpus.len(), args.workers).await?;
     let pipeline_seconds = started.elapsed().as_secs_f64();
     let peak_rss_mib = peak_rss_mib()?;
-    let points = engines.index.count(collection.id).await?;
+    let points = engines.index.count(collection.index_target()).await?;
     if points != counts.chunks as u64 {
         bail!("the index holds {points} points but the documents have {} chunks", counts.chunks);
     }

@@ -37,9 +37,14 @@ pub struct EvalArgs {
     #[arg(long)]
     pub reranker: Option<String>,
     /// Reuse this collection (ingested by an earlier run) instead of
-    /// ingesting the corpus into a fresh one.
+    /// ingesting the corpus into a fresh one; it is searched with the
+    /// embedder it was indexed (or reindexed) with.
     #[arg(long)]
     pub collection: Option<String>,
+    /// Ingest with this embedder (one registered under `<data_dir>/models`
+    /// by `finetune-embedder` or `quantize`) instead of the configured one.
+    #[arg(long, conflicts_with = "collection")]
+    pub embedder: Option<String>,
     /// Also write the report(s) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -103,12 +108,12 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
             (found.with_context(|| format!("no collection named {existing:?}"))?, None)
         }
         None => {
-            let collection = create_collection(&engines, &tenant, "eval", &name).await?;
+            let collection = create_collection(&engines, &tenant, "eval", &name, args.embedder.as_deref()).await?;
             let summary = ingest_corpus(&engines, &config, &collection, &dataset.corpus, args.workers).await?;
             (collection, Some(summary))
         }
     };
-    eprintln!("collection {} ({})", collection.name, collection.id);
+    eprintln!("collection {} ({}), embedder {}", collection.name, collection.id, collection.embedder);
 
     let retriever = engines.retriever(&config);
     let mut reports = Vec::new();
@@ -123,7 +128,8 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
             let retrieved = retriever
                 .search(SearchRequest {
                     tenant: tenant.clone(),
-                    collection: collection.id,
+                    target: collection.index_target(),
+                    embedder: collection.embedder.clone(),
                     query: query.text.clone(),
                     top_k: TopK::new(RANKING_DEPTH)?,
                     mode,
@@ -169,17 +175,26 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A fresh collection for a run of the `purpose` tool (`eval`, `bench`).
+/// A fresh collection for a run of the `purpose` tool (`eval`, `bench`),
+/// embedded with `embedder` (the configured one when `None`).
 pub(crate) async fn create_collection(
     engines: &Engines,
     tenant: &TenantId,
     purpose: &str,
     dataset: &str,
+    embedder: Option<&str>,
 ) -> anyhow::Result<CollectionRecord> {
     let slug: String =
         dataset.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).take(40).collect();
     let name = CollectionName::parse(&format!("{purpose}-{slug}-{}", &DocumentId::new().to_string()[24..]))?;
-    let dimensions = ragd_core::Embedder::dimensions(engines.embedder.as_ref());
+    let embedder = match embedder {
+        None => engines.embedder.clone(),
+        Some(named) => {
+            let (embedders, named) = (engines.embedders.clone(), named.to_owned());
+            tokio::task::spawn_blocking(move || embedders.embedder(&named)).await??
+        }
+    };
+    let dimensions = embedder.dimensions();
     let collection = engines
         .store
         .create_collection(&NewCollection {
@@ -187,11 +202,12 @@ pub(crate) async fn create_collection(
             tenant: tenant.clone(),
             name,
             description: format!("ragd {purpose} of {dataset}"),
-            embedder: ragd_core::Embedder::model(engines.embedder.as_ref()).to_owned(),
+            embedder: embedder.model().to_owned(),
             dimensions: dimensions as i64,
         })
         .await?;
-    engines.index.create_collection(&CollectionIndexSpec { collection: collection.id, dimensions, settings: Default::default() }).await?;
+    let spec = CollectionIndexSpec { target: collection.index_target(), dimensions, settings: Default::default() };
+    engines.index.create_collection(&spec).await?;
     Ok(collection)
 }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use ragd_core::{Embedder, Generator, SparseEncoder, VectorIndex};
-use ragd_embed::{Bm25Encoder, ModelManifest, ModelRegistry, OnnxEmbedder, TrainedRerankers};
+use ragd_core::{Embedder, EmbedderSource, Generator, SparseEncoder, VectorIndex};
+use ragd_embed::{Bm25Encoder, Embedders, ModelManifest, ModelRegistry, OnnxEmbedder, TrainedRerankers};
 use ragd_generate::{LocalGguf, LocalGgufConfig, OpenAiCompatible};
 use ragd_index::{EdgeIndex, QdrantServerIndex};
 use ragd_ingest::Chunker;
@@ -36,6 +36,9 @@ pub struct Engines {
     pub blobs: BlobStore,
     pub index: Arc<dyn VectorIndex>,
     pub embedder: Arc<dyn Embedder>,
+    /// The configured embedder and the ones registered here, by name: a
+    /// collection is searched with the embedder its vectors came from.
+    pub embedders: Arc<dyn EmbedderSource>,
     /// The embedder as itself, for what the trait does not cover (the
     /// memory budget's batch limit).
     pub dense: Arc<OnnxEmbedder>,
@@ -95,6 +98,7 @@ impl Engines {
             blobs,
             index,
             embedder: dense.clone(),
+            embedders: Arc::new(Embedders::new(dense.clone(), config.data_dir.join("models"), config.models.dir.clone())),
             dense,
             sparse: Arc::new(sparse),
             chunker: Arc::new(chunker),
@@ -108,7 +112,7 @@ impl Engines {
             self.store.clone(),
             self.blobs.clone(),
             self.chunker.clone(),
-            self.embedder.clone(),
+            self.embedders.clone(),
             self.sparse.clone(),
             self.index.clone(),
             config.jobs.embed_batch_size,
@@ -152,7 +156,7 @@ impl Engines {
 
     pub fn retriever(&self, config: &Config) -> Retriever {
         Retriever::new(
-            self.embedder.clone(),
+            self.embedders.clone(),
             self.sparse.clone(),
             self.index.clone(),
             config.retrieval.clone(),

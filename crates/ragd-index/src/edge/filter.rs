@@ -15,7 +15,7 @@ use crate::schema;
 pub fn search_filter(query: &HybridQuery) -> Result<QFilter> {
     let mut must = vec![
         keyword(schema::TENANT, query.tenant.as_str())?,
-        keyword(schema::COLLECTION, &query.collection.to_string())?,
+        keyword(schema::COLLECTION, &query.target.collection.to_string())?,
     ];
     for condition in &query.filter.must {
         must.push(metadata_condition(condition)?);

@@ -1,5 +1,6 @@
-//! The Qdrant Edge backend: one in-process `EdgeShard` per collection, in
-//! `<root>/<collection-id>/`.
+//! The Qdrant Edge backend: one in-process `EdgeShard` per collection
+//! generation, in `<root>/<collection-id>/` (generation 0) or
+//! `<root>/<collection-id>-g<n>/`.
 
 mod filter;
 
@@ -18,8 +19,8 @@ use qdrant_edge::{
     WithPayloadInterface, WithVector,
 };
 use ragd_core::{
-    ChunkPayload, CollectionId, CollectionIndexSpec, DocumentId, HybridQuery, IndexHit, IndexPoint,
-    IndexSettings, Quantization, SearchMode, SparseVector, VectorIndex,
+    ChunkPayload, CollectionIndexSpec, DocumentId, HybridQuery, IndexHit, IndexPoint, IndexSettings,
+    IndexTarget, Quantization, SearchMode, SparseVector, VectorIndex,
 };
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -79,7 +80,7 @@ impl EdgeIndexConfig {
 pub struct EdgeIndex {
     root: PathBuf,
     config: EdgeIndexConfig,
-    shards: RwLock<HashMap<CollectionId, Arc<Shard>>>,
+    shards: RwLock<HashMap<IndexTarget, Arc<Shard>>>,
     /// Serialises creating, opening and dropping shards, so that two
     /// `EdgeShard`s never live on one directory.
     lifecycle: Mutex<()>,
@@ -126,47 +127,47 @@ impl EdgeIndex {
 
     /// Runs the optimisers of one collection until they have nothing left to
     /// do. Writes already do this; it is exposed for maintenance.
-    pub async fn optimize(&self, collection: CollectionId) -> Result<bool> {
-        let shard = self.shard(collection).await?;
+    pub async fn optimize(&self, target: IndexTarget) -> Result<bool> {
+        let shard = self.shard(target).await?;
         let guard = shard.writes.clone().lock_owned().await;
         blocking(move || {
             let _guard = guard;
-            shard.optimize_and_flush(collection)
+            shard.optimize_and_flush(target)
         })
         .await
     }
 
-    fn shard_path(&self, collection: CollectionId) -> PathBuf {
-        self.root.join(collection.to_string())
+    fn shard_path(&self, target: IndexTarget) -> PathBuf {
+        self.root.join(target.to_string())
     }
 
-    fn loaded(&self, collection: CollectionId) -> Option<Arc<Shard>> {
-        self.shards.read().unwrap_or_else(PoisonError::into_inner).get(&collection).cloned()
+    fn loaded(&self, target: IndexTarget) -> Option<Arc<Shard>> {
+        self.shards.read().unwrap_or_else(PoisonError::into_inner).get(&target).cloned()
     }
 
-    async fn shard(&self, collection: CollectionId) -> Result<Arc<Shard>> {
-        if let Some(shard) = self.loaded(collection) {
+    async fn shard(&self, target: IndexTarget) -> Result<Arc<Shard>> {
+        if let Some(shard) = self.loaded(target) {
             return Ok(shard);
         }
         let _lifecycle = self.lifecycle.lock().await;
-        self.open_shard(collection).await?.ok_or(Error::UnknownCollection(collection))
+        self.open_shard(target).await?.ok_or(Error::UnknownCollection(target))
     }
 
     /// The collection's shard, loading it from disk if it exists there.
     /// Callers hold `lifecycle`.
-    async fn open_shard(&self, collection: CollectionId) -> Result<Option<Arc<Shard>>> {
-        if let Some(shard) = self.loaded(collection) {
+    async fn open_shard(&self, target: IndexTarget) -> Result<Option<Arc<Shard>>> {
+        if let Some(shard) = self.loaded(target) {
             return Ok(Some(shard));
         }
-        let path = self.shard_path(collection);
+        let path = self.shard_path(target);
         let config_file = path.join(SHARD_CONFIG_FILE);
         if !tokio::fs::try_exists(&config_file).await.map_err(Error::io(config_file))? {
             return Ok(None);
         }
         let config = self.config.clone();
         let shard = Arc::new(blocking(move || Shard::load(&path, &config)).await?);
-        tracing::info!(%collection, dimensions = shard.dimensions, "opened vector shard");
-        self.shards.write().unwrap_or_else(PoisonError::into_inner).insert(collection, shard.clone());
+        tracing::info!(%target, dimensions = shard.dimensions, "opened vector shard");
+        self.shards.write().unwrap_or_else(PoisonError::into_inner).insert(target, shard.clone());
         Ok(Some(shard))
     }
 }
@@ -241,22 +242,22 @@ impl Shard {
     /// Applies a write and makes it durable. Edge 0.7.1 never replays its WAL
     /// when a shard is loaded, so a write survives a crash only once the
     /// segments themselves are flushed.
-    fn write(&self, collection: CollectionId, operation: UpdateOperation) -> Result<()> {
+    fn write(&self, target: IndexTarget, operation: UpdateOperation) -> Result<()> {
         self.edge.update(operation).map_err(Error::engine)?;
         self.edge.flush();
-        self.optimize_and_flush(collection)?;
+        self.optimize_and_flush(target)?;
         Ok(())
     }
 
     /// Edge has no background optimiser: without this an appendable segment
     /// grows forever (exact scan, no HNSW) and deleted points are never
     /// vacuumed. When nothing crosses a threshold the planner returns at once.
-    fn optimize_and_flush(&self, collection: CollectionId) -> Result<bool> {
+    fn optimize_and_flush(&self, target: IndexTarget) -> Result<bool> {
         let started = Instant::now();
         let optimized = self.edge.optimize().map_err(Error::engine)?;
         if optimized {
             self.edge.flush();
-            tracing::info!(%collection, elapsed_ms = started.elapsed().as_millis() as u64, "optimized vector shard");
+            tracing::info!(%target, elapsed_ms = started.elapsed().as_millis() as u64, "optimized vector shard");
         }
         Ok(optimized)
     }
@@ -285,7 +286,7 @@ impl Shard {
 #[async_trait]
 impl VectorIndex for EdgeIndex {
     async fn create_collection(&self, spec: &CollectionIndexSpec) -> ragd_core::Result<()> {
-        let collection = spec.collection;
+        let target = spec.target;
         let dimensions = spec.dimensions;
         if dimensions == 0 {
             return Err(Error::InvalidPoint("a collection needs at least one vector dimension".into()).into());
@@ -300,10 +301,10 @@ impl VectorIndex for EdgeIndex {
             .into());
         }
         let _lifecycle = self.lifecycle.lock().await;
-        if let Some(shard) = self.open_shard(collection).await? {
+        if let Some(shard) = self.open_shard(target).await? {
             if shard.dimensions != dimensions {
                 return Err(Error::DimensionsConflict {
-                    collection,
+                    collection: target,
                     existing: shard.dimensions,
                     requested: dimensions,
                 }
@@ -311,18 +312,18 @@ impl VectorIndex for EdgeIndex {
             }
             return Ok(());
         }
-        let path = self.shard_path(collection);
+        let path = self.shard_path(target);
         let config = self.config.clone();
         let settings = spec.settings.clone();
         let shard = Arc::new(blocking(move || Shard::create(&path, dimensions, &settings, &config)).await?);
-        self.shards.write().unwrap_or_else(PoisonError::into_inner).insert(collection, shard);
-        tracing::info!(%collection, dimensions, "created vector shard");
+        self.shards.write().unwrap_or_else(PoisonError::into_inner).insert(target, shard);
+        tracing::info!(%target, dimensions, "created vector shard");
         Ok(())
     }
 
-    async fn drop_collection(&self, collection: CollectionId) -> ragd_core::Result<()> {
+    async fn drop_collection(&self, target: IndexTarget) -> ragd_core::Result<()> {
         let _lifecycle = self.lifecycle.lock().await;
-        let removed = self.shards.write().unwrap_or_else(PoisonError::into_inner).remove(&collection);
+        let removed = self.shards.write().unwrap_or_else(PoisonError::into_inner).remove(&target);
         if let Some(mut shard) = removed {
             // In-flight searches and writes hold clones; the shard must be
             // closed (and its files released) before its directory goes.
@@ -341,8 +342,8 @@ impl VectorIndex for EdgeIndex {
             })
             .await?;
         }
-        let path = self.shard_path(collection);
-        let dropped = self.root.join(format!("{DROPPED_PREFIX}{collection}"));
+        let path = self.shard_path(target);
+        let dropped = self.root.join(format!("{DROPPED_PREFIX}{target}"));
         blocking(move || {
             if !path.exists() {
                 return Ok(());
@@ -354,15 +355,15 @@ impl VectorIndex for EdgeIndex {
             std::fs::remove_dir_all(&dropped).map_err(Error::io(&dropped))
         })
         .await?;
-        tracing::info!(%collection, "dropped vector shard");
+        tracing::info!(%target, "dropped vector shard");
         Ok(())
     }
 
-    async fn upsert(&self, collection: CollectionId, points: Vec<IndexPoint>) -> ragd_core::Result<()> {
+    async fn upsert(&self, target: IndexTarget, points: Vec<IndexPoint>) -> ragd_core::Result<()> {
         if points.is_empty() {
             return Ok(());
         }
-        let shard = self.shard(collection).await?;
+        let shard = self.shard(target).await?;
         let count = points.len();
         let started = Instant::now();
         let guard = shard.writes.clone().lock_owned().await;
@@ -375,31 +376,31 @@ impl VectorIndex for EdgeIndex {
             let operation = UpdateOperation::PointOperation(PointOperations::UpsertPoints(
                 PointInsertOperations::PointsList(points),
             ));
-            shard.write(collection, operation)
+            shard.write(target, operation)
         })
         .await?;
-        tracing::debug!(%collection, points = count, elapsed_ms = started.elapsed().as_millis() as u64, "upserted points");
+        tracing::debug!(%target, points = count, elapsed_ms = started.elapsed().as_millis() as u64, "upserted points");
         Ok(())
     }
 
     async fn delete_document(
         &self,
-        collection: CollectionId,
+        target: IndexTarget,
         document: DocumentId,
         keep_version: Option<i64>,
     ) -> ragd_core::Result<()> {
-        let shard = self.shard(collection).await?;
+        let shard = self.shard(target).await?;
         let selection = filter::document_filter(document, keep_version)?;
         let guard = shard.writes.clone().lock_owned().await;
         blocking(move || {
             let _guard = guard;
             shard.write(
-                collection,
+                target,
                 UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(selection)),
             )
         })
         .await?;
-        tracing::debug!(%collection, %document, ?keep_version, "deleted document points");
+        tracing::debug!(%target, %document, ?keep_version, "deleted document points");
         Ok(())
     }
 
@@ -407,7 +408,7 @@ impl VectorIndex for EdgeIndex {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
-        let shard = self.shard(query.collection).await?;
+        let shard = self.shard(query.target).await?;
         if query.mode != SearchMode::Sparse && query.dense.len() != shard.dimensions {
             return Err(Error::InvalidQuery(format!(
                 "the dense query has {} dimensions; the collection has {}",
@@ -429,7 +430,7 @@ impl VectorIndex for EdgeIndex {
         let started = Instant::now();
         let hits = blocking(move || plan.run(&shard)).await?;
         tracing::debug!(
-            collection = %query.collection,
+            target = %query.target,
             mode = ?query.mode,
             limit,
             candidates,
@@ -444,7 +445,7 @@ impl VectorIndex for EdgeIndex {
 
     async fn chunks(
         &self,
-        collection: CollectionId,
+        target: IndexTarget,
         document: DocumentId,
         version: i64,
         indices: &[u32],
@@ -453,7 +454,7 @@ impl VectorIndex for EdgeIndex {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        let shard = self.shard(collection).await?;
+        let shard = self.shard(target).await?;
         let selection = filter::chunks_filter(document, version, indices)?;
         let limit = wanted.len();
         let mut chunks = blocking(move || {
@@ -473,8 +474,8 @@ impl VectorIndex for EdgeIndex {
         Ok(chunks)
     }
 
-    async fn count(&self, collection: CollectionId) -> ragd_core::Result<u64> {
-        let shard = self.shard(collection).await?;
+    async fn count(&self, target: IndexTarget) -> ragd_core::Result<u64> {
+        let shard = self.shard(target).await?;
         let count = blocking(move || {
             shard.edge.count(CountRequest { filter: None, exact: true }).map_err(Error::engine)
         })

@@ -1,6 +1,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+use ragd_core::CollectionId;
+
 use super::*;
 use crate::conformance;
 
@@ -28,7 +30,7 @@ async fn shards_and_replicas_need_a_server() {
         IndexSettings { shard_number: Some(2), ..IndexSettings::default() },
         IndexSettings { replication_factor: Some(3), ..IndexSettings::default() },
     ] {
-        let spec = CollectionIndexSpec { collection: CollectionId::new(), dimensions: 4, settings };
+        let spec = CollectionIndexSpec { target: IndexTarget::new(CollectionId::new(), 0), dimensions: 4, settings };
         let error = index.create_collection(&spec).await.unwrap_err();
         assert_eq!(error.kind(), ragd_core::ErrorKind::InvalidInput);
         assert!(error.message().contains("Qdrant server"), "{}", error.message());
@@ -106,13 +108,13 @@ async fn interrupted_drop_is_cleaned_up_and_unknown_dirs_are_not_collections() {
     let dir = tempfile::tempdir().unwrap();
     let leftover = dir.path().join(format!("{DROPPED_PREFIX}{}", CollectionId::new()));
     std::fs::create_dir_all(leftover.join("segments")).unwrap();
-    let stray = CollectionId::new();
+    let stray = IndexTarget::new(CollectionId::new(), 0);
     std::fs::create_dir_all(dir.path().join(stray.to_string())).unwrap();
 
     let index = open(dir.path());
     assert!(!leftover.exists());
     assert_eq!(index.count(stray).await.unwrap_err().kind(), ragd_core::ErrorKind::NotFound);
-    index.create_collection(&CollectionIndexSpec { collection: stray, dimensions: 4, settings: Default::default() }).await.unwrap();
+    index.create_collection(&CollectionIndexSpec { target: stray, dimensions: 4, settings: Default::default() }).await.unwrap();
     assert_eq!(index.count(stray).await.unwrap(), 0);
 }
 
@@ -124,7 +126,8 @@ async fn optimizer_builds_hnsw_and_search_still_finds_points() {
     let config = EdgeIndexConfig { indexing_threshold_kb: 1, ..EdgeIndexConfig::default() };
     let index = EdgeIndex::open(dir.path(), config).unwrap();
     let collection = CollectionId::new();
-    index.create_collection(&CollectionIndexSpec { collection, dimensions: 4, settings: Default::default() }).await.unwrap();
+    let target = IndexTarget::new(collection, 0);
+    index.create_collection(&CollectionIndexSpec { target, dimensions: 4, settings: Default::default() }).await.unwrap();
     let document = DocumentId::new();
     let points = (0..200u32)
         .map(|i| {
@@ -149,12 +152,12 @@ async fn optimizer_builds_hnsw_and_search_still_finds_points() {
             }
         })
         .collect::<Vec<_>>();
-    index.upsert(collection, points).await.unwrap();
-    assert!(!index.optimize(collection).await.unwrap(), "the write already ran the optimisers");
+    index.upsert(target, points).await.unwrap();
+    assert!(!index.optimize(target).await.unwrap(), "the write already ran the optimisers");
 
     let query = HybridQuery {
         tenant: ragd_core::TenantId::default_tenant(),
-        collection,
+        target,
         dense: vec![1.0, 0.0, 0.0, 0.0],
         sparse: SparseVector { indices: vec![150], values: vec![1.0] },
         mode: SearchMode::Hybrid,
@@ -168,8 +171,8 @@ async fn optimizer_builds_hnsw_and_search_still_finds_points() {
     let indices = hits.iter().map(|hit| hit.payload.chunk_index).collect::<Vec<_>>();
     assert_eq!(indices[..2].iter().copied().collect::<HashSet<_>>(), HashSet::from([0, 150]));
 
-    index.delete_document(collection, document, None).await.unwrap();
-    assert_eq!(index.count(collection).await.unwrap(), 0);
+    index.delete_document(target, document, None).await.unwrap();
+    assert_eq!(index.count(target).await.unwrap(), 0);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use crate::schema;
 pub fn search_filter(query: &HybridQuery) -> Result<QFilter> {
     let mut must = vec![
         QCondition::matches(schema::TENANT, query.tenant.as_str().to_owned()),
-        QCondition::matches(schema::COLLECTION, query.collection.to_string()),
+        QCondition::matches(schema::COLLECTION, query.target.collection.to_string()),
     ];
     for condition in &query.filter.must {
         must.push(metadata_condition(condition)?);

@@ -1,5 +1,5 @@
-//! The Qdrant server backend: one Qdrant collection per ragd collection,
-//! named `<collection_prefix><collection-id>`, reached over gRPC with
+//! The Qdrant server backend: one Qdrant collection per ragd collection
+//! generation, named `<collection_prefix><collection-id>[-g<n>]`, reached over gRPC with
 //! qdrant-client. Points, payloads, filters and the hybrid query are the
 //! ones the Edge backend uses (see the crate docs), so the conformance suite
 //! holds for both.
@@ -23,7 +23,7 @@ use qdrant_client::qdrant::{
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use ragd_core::{
-    ChunkPayload, CollectionId, CollectionIndexSpec, DocumentId, HybridQuery, IndexHit, IndexPoint,
+    ChunkPayload, CollectionIndexSpec, DocumentId, HybridQuery, IndexHit, IndexPoint, IndexTarget,
     Quantization, SearchMode, VectorIndex,
 };
 use serde::Deserialize;
@@ -94,7 +94,7 @@ pub struct QdrantServerIndex {
     /// Dense dimensions of the collections seen so far; they never change
     /// while a collection exists, and checking them here gives the same
     /// errors as the Edge backend instead of the server's wording.
-    dimensions: RwLock<HashMap<CollectionId, usize>>,
+    dimensions: RwLock<HashMap<IndexTarget, usize>>,
 }
 
 impl QdrantServerIndex {
@@ -117,13 +117,13 @@ impl QdrantServerIndex {
         Ok(Self { client, config, dimensions: RwLock::new(HashMap::new()) })
     }
 
-    fn name(&self, collection: CollectionId) -> String {
+    fn name(&self, collection: IndexTarget) -> String {
         format!("{}{collection}", self.config.collection_prefix)
     }
 
     /// The collection's dense dimensions, asking the server the first time;
     /// None when the collection does not exist.
-    async fn dimensions(&self, collection: CollectionId) -> Result<Option<usize>> {
+    async fn dimensions(&self, collection: IndexTarget) -> Result<Option<usize>> {
         if let Some(&known) = self.dimensions.read().unwrap_or_else(PoisonError::into_inner).get(&collection)
         {
             return Ok(Some(known));
@@ -155,7 +155,7 @@ impl QdrantServerIndex {
         Ok(Some(size))
     }
 
-    async fn existing_dimensions(&self, collection: CollectionId) -> Result<usize> {
+    async fn existing_dimensions(&self, collection: IndexTarget) -> Result<usize> {
         self.dimensions(collection).await?.ok_or(Error::UnknownCollection(collection))
     }
 
@@ -206,7 +206,7 @@ impl QdrantServerIndex {
 #[async_trait]
 impl VectorIndex for QdrantServerIndex {
     async fn create_collection(&self, spec: &CollectionIndexSpec) -> ragd_core::Result<()> {
-        let collection = spec.collection;
+        let collection = spec.target;
         if spec.dimensions == 0 {
             return Err(Error::InvalidPoint("a collection needs at least one vector dimension".into()).into());
         }
@@ -263,7 +263,7 @@ impl VectorIndex for QdrantServerIndex {
         Ok(())
     }
 
-    async fn drop_collection(&self, collection: CollectionId) -> ragd_core::Result<()> {
+    async fn drop_collection(&self, collection: IndexTarget) -> ragd_core::Result<()> {
         self.dimensions.write().unwrap_or_else(PoisonError::into_inner).remove(&collection);
         match self.client.delete_collection(self.name(collection)).await {
             Ok(_) => {}
@@ -274,7 +274,7 @@ impl VectorIndex for QdrantServerIndex {
         Ok(())
     }
 
-    async fn upsert(&self, collection: CollectionId, points: Vec<IndexPoint>) -> ragd_core::Result<()> {
+    async fn upsert(&self, collection: IndexTarget, points: Vec<IndexPoint>) -> ragd_core::Result<()> {
         if points.is_empty() {
             return Ok(());
         }
@@ -291,7 +291,7 @@ impl VectorIndex for QdrantServerIndex {
 
     async fn delete_document(
         &self,
-        collection: CollectionId,
+        collection: IndexTarget,
         document: DocumentId,
         keep_version: Option<i64>,
     ) -> ragd_core::Result<()> {
@@ -309,7 +309,7 @@ impl VectorIndex for QdrantServerIndex {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
-        let dimensions = self.existing_dimensions(query.collection).await?;
+        let dimensions = self.existing_dimensions(query.target).await?;
         if query.mode != SearchMode::Sparse && query.dense.len() != dimensions {
             return Err(Error::InvalidQuery(format!(
                 "the dense query has {} dimensions; the collection has {dimensions}",
@@ -318,7 +318,7 @@ impl VectorIndex for QdrantServerIndex {
             .into());
         }
         let (indices, values) = schema::checked_sparse(&query.sparse).map_err(Error::InvalidQuery)?;
-        let name = self.name(query.collection);
+        let name = self.name(query.target);
         let scope = filter::search_filter(query)?;
         let dense = || VectorInput::new_dense(query.dense.clone());
         let sparse = || VectorInput::new_sparse(indices.clone(), values.clone());
@@ -362,7 +362,7 @@ impl VectorIndex for QdrantServerIndex {
             }
         };
         tracing::debug!(
-            collection = %query.collection,
+            collection = %query.target,
             mode = ?query.mode,
             limit = query.limit,
             candidates = query.candidates,
@@ -377,7 +377,7 @@ impl VectorIndex for QdrantServerIndex {
 
     async fn chunks(
         &self,
-        collection: CollectionId,
+        collection: IndexTarget,
         document: DocumentId,
         version: i64,
         indices: &[u32],
@@ -399,7 +399,7 @@ impl VectorIndex for QdrantServerIndex {
         Ok(chunks)
     }
 
-    async fn count(&self, collection: CollectionId) -> ragd_core::Result<u64> {
+    async fn count(&self, collection: IndexTarget) -> ragd_core::Result<u64> {
         self.existing_dimensions(collection).await?;
         let request = CountPointsBuilder::new(self.name(collection)).exact(true);
         let response = self.client.count(request).await.map_err(engine_error)?;
@@ -503,7 +503,7 @@ fn creation_error(err: QdrantError) -> Error {
     }
 }
 
-fn write_error(err: QdrantError, collection: CollectionId) -> Error {
+fn write_error(err: QdrantError, collection: IndexTarget) -> Error {
     if is_not_found(&err) {
         return Error::UnknownCollection(collection);
     }

@@ -3,7 +3,7 @@
 //! test says it was skipped and passes. Every test uses its own collection
 //! name prefix, so runs can share a server.
 
-use ragd_core::IndexSettings;
+use ragd_core::{CollectionId, IndexSettings};
 
 use super::*;
 use crate::conformance;
@@ -61,8 +61,8 @@ async fn collection_settings_reach_the_server() {
         on_disk: true,
         quantization: Quantization::Int8,
     };
-    index.create_collection(&CollectionIndexSpec { collection, dimensions: 8, settings }).await.unwrap();
-    let info = index.client.collection_info(index.name(collection)).await.unwrap().result.unwrap();
+    index.create_collection(&CollectionIndexSpec { target: IndexTarget::new(collection, 0), dimensions: 8, settings }).await.unwrap();
+    let info = index.client.collection_info(index.name(IndexTarget::new(collection, 0))).await.unwrap().result.unwrap();
     let config = info.config.unwrap();
     let params = config.params.unwrap();
     assert_eq!(params.shard_number, 3);
@@ -80,11 +80,11 @@ async fn collection_settings_reach_the_server() {
     for field in [schema::TENANT, schema::COLLECTION, schema::DOCUMENT, schema::ACL, schema::VERSION] {
         assert!(info.payload_schema.contains_key(field), "payload index on {field}");
     }
-    index.drop_collection(collection).await.unwrap();
+    index.drop_collection(IndexTarget::new(collection, 0)).await.unwrap();
 
     let zero = IndexSettings { shard_number: Some(0), ..IndexSettings::default() };
     let error = index
-        .create_collection(&CollectionIndexSpec { collection, dimensions: 8, settings: zero })
+        .create_collection(&CollectionIndexSpec { target: IndexTarget::new(collection, 0), dimensions: 8, settings: zero })
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ragd_core::ErrorKind::InvalidInput);

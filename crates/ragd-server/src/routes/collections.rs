@@ -80,7 +80,7 @@ pub(crate) async fn create(
             settings: settings.to_map(),
         })
         .await?;
-    let spec = CollectionIndexSpec { collection: record.id, dimensions: state.dimensions, settings: settings.index };
+    let spec = CollectionIndexSpec { target: record.index_target(), dimensions: state.dimensions, settings: settings.index };
     if let Err(error) = state.index.create_collection(&spec).await {
         // Without its index the collection is unusable: undo the row.
         let _ = state.store.delete_collection(&record.tenant, record.id).await;
@@ -177,7 +177,7 @@ pub(crate) async fn show(
     let record = resolve(&state, &caller.tenant, &collection).await?;
     let counts = state.store.visible_document_counts(record.id, &visibility).await?;
     let point_count = match visibility {
-        Visibility::All => Some(state.index.count(record.id).await?),
+        Visibility::All => Some(state.index.count(record.index_target()).await?),
         Visibility::Principals(_) => None,
     };
     let mut view = CollectionView::from(&record);
@@ -196,7 +196,9 @@ pub(crate) async fn remove(
     caller.require(Role::Write)?;
     let record = resolve(&state, &caller.tenant, &collection).await?;
     state.store.delete_collection(&caller.tenant, record.id).await?;
-    state.index.drop_collection(record.id).await?;
+    for write in record.write_targets() {
+        state.index.drop_collection(write.target).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -979,7 +979,12 @@ pub(crate) async fn remove(
     caller.require(Role::Write)?;
     let record = find(&state, &caller, &params, &collection, &document).await?;
     state.store.delete_document(record.collection, record.id).await?;
-    state.index.delete_document(record.collection, record.id, None).await?;
+    // Read after the row is gone: a reindex that starts later never copies
+    // the document, and one under way is in these targets.
+    let collection = state.store.get_collection(&caller.tenant, record.collection).await?;
+    for write in collection.write_targets() {
+        state.index.delete_document(write.target, record.id, None).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

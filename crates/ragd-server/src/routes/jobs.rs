@@ -1,6 +1,6 @@
 //! `/v1/jobs`: long-running work submitted by a caller (today the
-//! `finetune-embedder`, `finetune-reranker`, `finetune-generator` and
-//! `quantize` kinds) on the same durable
+//! `finetune-embedder`, `finetune-reranker`, `finetune-generator`,
+//! `quantize` and `reindex` kinds) on the same durable
 //! queue as ingestion, with its progress, metrics, log lines and artifacts,
 //! and cancellation.
 
@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ragd_core::JobId;
-use ragd_store::{JobMetric, JobRecord, Role};
+use ragd_store::{CollectionRecord, JobMetric, JobRecord, JobState, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -36,7 +36,7 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitJob {
     /// The job kind: `finetune-embedder`, `finetune-reranker`,
-    /// `finetune-generator` or `quantize`.
+    /// `finetune-generator`, `quantize` or `reindex`.
     kind: String,
     /// The kind's parameters (see the README).
     #[serde(default = "empty_object")]
@@ -115,11 +115,15 @@ pub(crate) async fn submit(
     caller.require(Role::Write)?;
     let mut payload = ragd_jobs::validate_submission(&body.kind, body.params)?;
     state.models.check_submission(&body.kind, &payload)?;
-    if body.kind == ragd_jobs::FINETUNE_RERANKER_KIND {
-        // Negatives are mined from the caller's own collection, found now
-        // so that a wrong name fails the request rather than the job.
+    if [ragd_jobs::FINETUNE_RERANKER_KIND, ragd_jobs::REINDEX_KIND].contains(&body.kind.as_str()) {
+        // Negatives are mined from, and a reindex rebuilds, the caller's
+        // own collection, found now so that a wrong name fails the request
+        // rather than the job.
         let named = payload["collection"].as_str().unwrap_or_default().to_owned();
         let collection = resolve(&state, &caller.tenant, &named).await?;
+        if body.kind == ragd_jobs::REINDEX_KIND {
+            check_reindex(&state, &collection, payload["embedder"].as_str().unwrap_or_default()).await?;
+        }
         payload["collection"] = json!(collection.id.to_string());
     }
     if let Some(named) = payload["dataset"]["collection"].as_str().map(str::to_owned) {
@@ -133,6 +137,27 @@ pub(crate) async fn submit(
     tracing::info!(job = %job.id, kind = %job.kind, "job submitted");
     let location = format!("/v1/jobs/{}", job.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(JobView::summary(&job))).into_response())
+}
+
+/// A reindex needs an embedder this server has, and no other reindex of
+/// the collection under way.
+async fn check_reindex(state: &AppState, collection: &CollectionRecord, embedder: &str) -> ApiResult<()> {
+    if let Some(pending) = &collection.pending {
+        let job = state.store.get_job(pending.job).await?;
+        if matches!(job.state, JobState::Queued | JobState::Running) {
+            return Err(ApiError::new(
+                ragd_core::ErrorKind::Conflict,
+                format!("collection {:?} is already being reindexed to {:?} by job {}", collection.name.as_str(), pending.embedder, job.id),
+            ));
+        }
+    }
+    let (retriever, embedder) = (state.retriever.clone(), embedder.to_owned());
+    // Loading a registered embedder reads its files; it stays loaded for
+    // the job and for searches afterwards.
+    tokio::task::spawn_blocking(move || retriever.embedder(&embedder))
+        .await
+        .map_err(|join| ApiError(ragd_core::Error::with_source(ragd_core::ErrorKind::Internal, "loading the embedder", join)))??;
+    Ok(())
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

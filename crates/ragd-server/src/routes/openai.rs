@@ -603,7 +603,7 @@ pub(crate) async fn embeddings(
     State(state): State<AppState>,
     AppJson(body): AppJson<EmbeddingsBody>,
 ) -> ApiResult<Json<Value>> {
-    let embedder = state.retriever.embedder().clone();
+    let embedder = state.retriever.embedder(&state.embedder_model)?;
     let model = embedder.model().to_owned();
     if body.model.as_ref().is_some_and(|m| *m != model) {
         return Err(model_not_found(body.model.as_deref().unwrap_or_default(), std::slice::from_ref(&model)));

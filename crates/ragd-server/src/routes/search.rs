@@ -90,7 +90,8 @@ impl SearchBody {
         }
         let request = SearchRequest {
             tenant: caller.tenant.clone(),
-            collection: collection.id,
+            target: collection.index_target(),
+            embedder: collection.embedder.clone(),
             query: self.query.clone(),
             top_k: TopK::new(top_k)?,
             mode: self.mode.into(),
