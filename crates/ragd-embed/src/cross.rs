@@ -92,17 +92,8 @@ impl CrossEncoder {
     /// a quantized one, `config.json`, `tokenizer.json`); pairs are cut to
     /// `max_seq_len` tokens, the longer text first.
     pub fn load(name: &str, dir: &Path, max_seq_len: usize) -> Result<Self> {
-        let device = Device::Cpu;
-        let quantized_weights = dir.join(QUANTIZED_WEIGHTS_FILE);
-        if quantized_weights.is_file() {
-            let (vb, quantized) = load_quantized_weights(&quantized_weights, &device)?;
-            return Self::build(name, dir, vb, &quantized, max_seq_len);
-        }
-        let weights = require(name, &dir.join(WEIGHTS_FILE))?;
-        // SAFETY: the file is mapped read-only and nothing in ragd writes a
-        // model file in place (trained models are written beside and renamed).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
-        Self::with_weights(name, dir, vb, max_seq_len)
+        let (vb, quantized) = model_weights(name, dir)?;
+        Self::build(name, dir, vb, &quantized, max_seq_len)
     }
 
     /// The model of `dir`'s config and tokenizer over the weights `vb`
@@ -162,6 +153,22 @@ impl ragd_core::Reranker for CrossEncoder {
         let pairs: Vec<(&str, &str)> = passages.iter().map(|passage| (query, *passage)).collect();
         Ok(self.score_pairs(&pairs)?)
     }
+}
+
+/// A BERT model directory's weights on the CPU: the Q8_0 Linear weights of
+/// `model.gguf` (with the rest in f32) when it has one, else
+/// `model.safetensors`.
+pub(crate) fn model_weights(name: &str, dir: &Path) -> Result<(VarBuilder<'static>, QuantizedLinears)> {
+    let device = Device::Cpu;
+    let quantized_weights = dir.join(QUANTIZED_WEIGHTS_FILE);
+    if quantized_weights.is_file() {
+        return load_quantized_weights(&quantized_weights, &device);
+    }
+    let weights = require(name, &dir.join(WEIGHTS_FILE))?;
+    // SAFETY: the file is mapped read-only and nothing in ragd writes a
+    // model file in place (trained models are written beside and renamed).
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
+    Ok((vb, QuantizedLinears::default()))
 }
 
 pub(crate) fn require(name: &str, path: &Path) -> Result<PathBuf> {

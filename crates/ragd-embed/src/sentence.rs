@@ -11,9 +11,8 @@ use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
 use crate::bert::{Bert, QuantizedLinears};
-use crate::cross::{load_tokenizer, read_bert_config, require, WEIGHTS_FILE};
+use crate::cross::{load_tokenizer, model_weights, read_bert_config};
 use crate::error::{Error, Result};
-use crate::quantize::{load_quantized_weights, QUANTIZED_WEIGHTS_FILE};
 
 /// Texts per forward pass at inference; bounds the attention's memory.
 const EMBED_BATCH: usize = 32;
@@ -38,17 +37,8 @@ impl SentenceEncoder {
     /// quantized one, `config.json`, `tokenizer.json`) for inference; texts
     /// are cut at `max_seq_len` tokens.
     pub fn load(name: &str, dir: &Path, max_seq_len: usize) -> Result<Self> {
-        let device = Device::Cpu;
-        let quantized_weights = dir.join(QUANTIZED_WEIGHTS_FILE);
-        if quantized_weights.is_file() {
-            let (vb, quantized) = load_quantized_weights(&quantized_weights, &device)?;
-            return Self::build(name, dir, vb, &quantized, max_seq_len);
-        }
-        let weights = require(name, &dir.join(WEIGHTS_FILE))?;
-        // SAFETY: the file is mapped read-only and nothing in ragd writes a
-        // model file in place (trained models are written beside and renamed).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
-        Self::with_weights(name, dir, vb, max_seq_len)
+        let (vb, quantized) = model_weights(name, dir)?;
+        Self::build(name, dir, vb, &quantized, max_seq_len)
     }
 
     /// The model of `dir`'s config and tokenizer over the weights `vb`

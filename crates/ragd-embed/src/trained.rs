@@ -22,23 +22,35 @@ pub const EMBEDDER_KIND: &str = "embedder-safetensors";
 pub trait TrainedModel: Sized + Send + Sync + 'static {
     /// The manifest `kind` of such models.
     const KIND: &'static str;
-    /// Token limit when the manifest gives none (a quantized base model).
-    const DEFAULT_MAX_SEQ_LEN: usize;
+    /// The token limit at inference, from the one the manifest says the
+    /// model was trained with (none for a base model or a quantized one).
+    fn serving_max_seq_len(trained: Option<usize>) -> usize;
     fn load(name: &str, dir: &Path, max_seq_len: usize) -> Result<Self>;
 }
 
 impl TrainedModel for CrossEncoder {
     const KIND: &'static str = RERANKER_KIND;
-    const DEFAULT_MAX_SEQ_LEN: usize = 512;
+    /// A reranker reads pairs as it was trained to, cut the same way.
+    fn serving_max_seq_len(trained: Option<usize>) -> usize {
+        trained.unwrap_or(512)
+    }
     fn load(name: &str, dir: &Path, max_seq_len: usize) -> Result<Self> {
         CrossEncoder::load(name, dir, max_seq_len)
     }
 }
 
+/// sentence-transformers' limit for MiniLM embedders, which ingestion's
+/// chunks (`chunking.max_tokens`) are sized to.
+const EMBEDDER_MAX_SEQ_LEN: usize = 256;
+
 impl TrainedModel for SentenceEncoder {
     const KIND: &'static str = EMBEDDER_KIND;
-    /// sentence-transformers' limit for MiniLM embedders.
-    const DEFAULT_MAX_SEQ_LEN: usize = 256;
+    /// Fine-tuning on shorter texts does not make whole chunks shorter:
+    /// they are embedded up to the usual limit, or the trained one if
+    /// longer.
+    fn serving_max_seq_len(trained: Option<usize>) -> usize {
+        trained.map_or(EMBEDDER_MAX_SEQ_LEN, |trained| trained.max(EMBEDDER_MAX_SEQ_LEN))
+    }
     fn load(name: &str, dir: &Path, max_seq_len: usize) -> Result<Self> {
         SentenceEncoder::load(name, dir, max_seq_len)
     }
@@ -70,8 +82,8 @@ impl<M: TrainedModel> TrainedModels<M> {
     }
 
     /// Also loads the base models of `bases_dir` (`<bases_dir>/<name>/`
-    /// with the model's weights, config and tokenizer), with the kind's
-    /// default token limit; a registered model of the same name wins.
+    /// with the model's weights, config and tokenizer); a registered model
+    /// of the same name wins.
     pub fn with_bases(mut self, bases_dir: PathBuf) -> Self {
         self.bases_dir = Some(bases_dir);
         self
@@ -87,7 +99,7 @@ impl<M: TrainedModel> TrainedModels<M> {
         if plain && !manifest_path.is_file() {
             if let Some(base) = self.bases_dir.as_ref().map(|bases| bases.join(name)) {
                 if base.join(WEIGHTS_FILE).is_file() && base.join(CONFIG_FILE).is_file() {
-                    return self.keep(name, &base, M::DEFAULT_MAX_SEQ_LEN);
+                    return self.keep(name, &base, M::serving_max_seq_len(None));
                 }
             }
         }
@@ -101,7 +113,7 @@ impl<M: TrainedModel> TrainedModels<M> {
         if manifest.kind != M::KIND {
             return Err(Error::Config(format!("model {name:?} is of kind {:?}, not a {}", manifest.kind, M::KIND)));
         }
-        self.keep(name, &dir, manifest.max_seq_len.unwrap_or(M::DEFAULT_MAX_SEQ_LEN))
+        self.keep(name, &dir, M::serving_max_seq_len(manifest.max_seq_len))
     }
 
     fn keep(&self, name: &str, dir: &Path, max_seq_len: usize) -> Result<Arc<M>> {
