@@ -106,6 +106,7 @@ impl JobView {
     responses((status = 202, description = "the queued job", body = JobView),
         (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "the collection or model the job names does not exist", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "a reindex of the collection is already under way", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "unknown kind or invalid parameters", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn submit(
     State(state): State<AppState>,
