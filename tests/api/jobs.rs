@@ -268,6 +268,31 @@ async fn finetune_embedder_reads_a_beir_dataset_under_the_datasets_dir() {
     assert!(logs.iter().any(|l| l.starts_with("6 training pairs, 0 held out")), "{logs:?}");
     assert!(done["artifacts"][0]["name"].as_str().unwrap().starts_with("all-minilm-l6-v2-ft-"), "{done}");
 
+    // Hard negatives mined from a collection holding the same corpus.
+    let collection = app.create_collection("tiny-corpus").await;
+    let mut documents = Vec::new();
+    for (i, topic) in TOPICS.iter().take(7).enumerate() {
+        let metadata = json!({"beir_id": format!("d{i}")});
+        documents.push(app.add_text(&collection, topic, &format!("All about {topic}."), metadata).await);
+    }
+    for document in &documents {
+        app.wait_ready(&collection, document).await;
+    }
+    let params = json!({"dataset": {"beir_dir": "tiny"}, "collection": "tiny-corpus", "name": "tiny-hn",
+        "batch_size": 4, "max_seq_len": 16, "validation_fraction": 0.0});
+    let mined = submit(&app, params).await;
+    let mined = wait_job(&app, mined["id"].as_str().unwrap(), Duration::from_secs(600), finished).await;
+    assert_eq!(mined["status"], "succeeded", "{mined}");
+    assert_eq!(mined["params"]["collection"], collection, "the name is stored as the id");
+    let logs: Vec<&str> =
+        mined["logs"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+    assert!(logs.contains(&"6 of 6 pairs have a mined negative"), "{logs:?}");
+    let dir = std::path::PathBuf::from(mined["artifacts"][0]["path"].as_str().unwrap());
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["training"]["mined_negatives"], 6, "{manifest}");
+    let nowhere = json!({"kind": "finetune-embedder", "params": {"dataset": {"beir_dir": "tiny"}, "collection": "nope"}});
+    assert_problem(app.post_json("/v1/jobs", &nowhere).await, StatusCode::NOT_FOUND).await;
+
     let missing = submit(&app, json!({"dataset": {"beir_dir": "tiny", "split": "test"}})).await;
     let failed = wait_job(&app, missing["id"].as_str().unwrap(), Duration::from_secs(120), finished).await;
     assert_eq!(

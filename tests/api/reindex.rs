@@ -85,6 +85,7 @@ async fn reindex_requests_are_validated() {
     app.create_collection("docs").await;
     let cases = [
         (json!({"collection": "docs", "embedder": "no-such-model"}), StatusCode::NOT_FOUND, CONFIGURED),
+        (json!({"collection": "docs", "embedder": "no-such-model"}), StatusCode::NOT_FOUND, BASE),
         (json!({"collection": "nowhere", "embedder": BASE}), StatusCode::NOT_FOUND, "nowhere"),
         (json!({"collection": "docs"}), StatusCode::UNPROCESSABLE_ENTITY, "embedder"),
         (json!({"collection": "docs", "embedder": "../up"}), StatusCode::UNPROCESSABLE_ENTITY, "not a valid model name"),

@@ -10,6 +10,7 @@ use fastembed::{InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, 
 use ort::environment::Environment;
 use serde::Deserialize;
 
+use crate::batches::{longest_first, restore};
 use crate::error::{Error, Result};
 use crate::registry::ResolvedModel;
 
@@ -17,7 +18,8 @@ use crate::registry::ResolvedModel;
 #[serde(deny_unknown_fields, default)]
 pub struct EmbedConfig {
     /// Texts per ONNX Runtime call. Larger batches amortise call overhead but
-    /// pad every text to the longest one in the batch.
+    /// pad every text to the longest one in the batch (texts are batched
+    /// longest first, so a call's texts are of similar length).
     pub batch_size: usize,
     /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose (one per
     /// physical core).
@@ -31,7 +33,7 @@ pub struct EmbedConfig {
 
 impl Default for EmbedConfig {
     fn default() -> Self {
-        Self { batch_size: 32, threads: 0, memory_arena: false }
+        Self { batch_size: 8, threads: 0, memory_arena: false }
     }
 }
 
@@ -151,12 +153,15 @@ impl OnnxEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let order = longest_first(texts);
+        let sorted: Vec<&str> = order.iter().map(|&i| texts[i].as_ref()).collect();
         let vectors = self
             .model
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .embed(texts, Some(self.batch_size()))
+            .embed(&sorted, Some(self.batch_size()))
             .map_err(|err| Error::Runtime(format!("embedding with {:?}: {err}", self.name)))?;
+        let vectors = restore(&order, vectors);
         if vectors.len() != texts.len() {
             return Err(Error::Runtime(format!(
                 "model {:?} returned {} vectors for {} texts",

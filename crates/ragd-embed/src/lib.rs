@@ -12,6 +12,7 @@
 //! it is pointed at, and nothing is written but the directory a conversion
 //! is given.
 
+mod batches;
 pub mod bert;
 mod cross;
 mod dense;

@@ -10,12 +10,13 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
+use crate::batches::{longest_first, restore};
 use crate::bert::{Bert, QuantizedLinears};
 use crate::cross::{load_tokenizer, model_weights, read_bert_config};
 use crate::error::{Error, Result};
 
 /// Texts per forward pass at inference; bounds the attention's memory.
-const EMBED_BATCH: usize = 32;
+const EMBED_BATCH: usize = 16;
 
 /// A text encoder producing unit-length sentence vectors.
 pub struct SentenceEncoder {
@@ -63,13 +64,15 @@ impl SentenceEncoder {
         &self.device
     }
 
-    /// One unit vector per text, in batches.
+    /// One unit vector per text, in batches of texts of similar length.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let order = longest_first(texts);
         let mut vectors = Vec::with_capacity(texts.len());
-        for part in texts.chunks(EMBED_BATCH) {
-            vectors.extend(self.forward(part)?.detach().to_vec2::<f32>()?);
+        for part in order.chunks(EMBED_BATCH) {
+            let batch: Vec<&str> = part.iter().map(|&i| texts[i]).collect();
+            vectors.extend(self.forward(&batch)?.detach().to_vec2::<f32>()?);
         }
-        Ok(vectors)
+        Ok(restore(&order, vectors))
     }
 
     /// (texts, dimensions), each row of unit length; differentiable.

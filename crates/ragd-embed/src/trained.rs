@@ -124,19 +124,23 @@ impl<M: TrainedModel> TrainedModels<M> {
         Ok(loaded.entry(name.to_owned()).or_insert(model).clone())
     }
 
-    /// The names of the registered models of this kind, sorted.
+    /// The names of the registered models of this kind and of the base
+    /// models that may be loaded, sorted.
     fn known(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.models_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let text = std::fs::read_to_string(entry.path().join(MANIFEST_FILE)).ok()?;
-                let manifest: Manifest = serde_json::from_str(&text).ok()?;
-                (manifest.kind == M::KIND).then(|| entry.file_name().to_string_lossy().into_owned())
-            })
-            .collect();
+        let entries = |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().flatten();
+        let registered = entries(&self.models_dir).filter(|entry| {
+            std::fs::read_to_string(entry.path().join(MANIFEST_FILE))
+                .ok()
+                .and_then(|text| serde_json::from_str::<Manifest>(&text).ok())
+                .is_some_and(|manifest| manifest.kind == M::KIND)
+        });
+        let bases = self.bases_dir.iter().flat_map(|dir| entries(dir)).filter(|entry| {
+            entry.path().join(WEIGHTS_FILE).is_file() && entry.path().join(CONFIG_FILE).is_file()
+        });
+        let mut names: Vec<String> =
+            registered.chain(bases).map(|entry| entry.file_name().to_string_lossy().into_owned()).collect();
         names.sort();
+        names.dedup();
         names
     }
 }

@@ -178,18 +178,7 @@ pub async fn collection_lifecycle(index: &dyn VectorIndex) {
 
     let unknown = CollectionId::new();
     assert_kind(index.count(at(unknown)).await, ErrorKind::NotFound, "count of unknown collection");
-    let query = HybridQuery {
-        tenant: TenantId::default_tenant(),
-        target: at(unknown),
-        dense: vec![1.0, 0.0, 0.0, 0.0],
-        sparse: SparseVector::default(),
-        mode: SearchMode::Dense,
-        limit: 3,
-        candidates: 3,
-        filter: Filter::default(),
-        rrf_k: None,
-        principals: None,
-    };
+    let query = dense_query(at(unknown), vec![1.0, 0.0, 0.0, 0.0], 3);
     assert_kind(index.search(&query).await, ErrorKind::NotFound, "search of unknown collection");
     assert_kind(
         index.delete_document(at(unknown), DocumentId::new(), None).await,
@@ -233,15 +222,8 @@ pub async fn compressed_on_disk_collection(index: &dyn VectorIndex) {
     let target = 1.3f32;
     let query = HybridQuery {
         tenant,
-        target: at(collection),
-        dense: vec![target.cos(), target.sin(), 0.1, 0.0],
-        sparse: SparseVector::default(),
-        mode: SearchMode::Dense,
         limit: 1,
-        candidates: 10,
-        filter: Filter::default(),
-        rrf_k: None,
-        principals: None,
+        ..dense_query(at(collection), vec![target.cos(), target.sin(), 0.1, 0.0], 10)
     };
     let hits = index.search(&query).await.expect("search compressed collection");
     assert_eq!(hits[0].payload.title, "point 13");
@@ -477,18 +459,7 @@ pub async fn invalid_input(index: &dyn VectorIndex) {
     assert_kind(index.upsert(at(collection), vec![point]).await, ErrorKind::InvalidInput, "ragged sparse vector");
     assert_eq!(index.count(at(collection)).await.unwrap(), 0, "rejected batches write nothing");
 
-    let mut query = HybridQuery {
-        tenant: TenantId::default_tenant(),
-        target: at(collection),
-        dense: vec![1.0, 0.0],
-        sparse: SparseVector::default(),
-        mode: SearchMode::Dense,
-        limit: 3,
-        candidates: 3,
-        filter: Filter::default(),
-        rrf_k: None,
-        principals: None,
-    };
+    let mut query = dense_query(at(collection), vec![1.0, 0.0], 3);
     assert_kind(index.search(&query).await, ErrorKind::InvalidInput, "query with wrong dimensions");
     query.mode = SearchMode::Hybrid;
     assert_kind(index.search(&query).await, ErrorKind::InvalidInput, "hybrid query with wrong dimensions");
@@ -520,18 +491,7 @@ pub async fn write_for_reopen(index: &dyn VectorIndex) -> CollectionId {
 pub async fn check_after_reopen(index: &dyn VectorIndex, collection: CollectionId) {
     assert_eq!(index.count(at(collection)).await.unwrap(), 3, "upserts and deletes survived");
     let hits = index
-        .search(&HybridQuery {
-            tenant: TenantId::default_tenant(),
-            target: at(collection),
-            dense: vec![0.0, 0.0, 1.0, 0.0],
-            sparse: SparseVector::default(),
-            mode: SearchMode::Dense,
-            limit: 10,
-            candidates: 10,
-            filter: Filter::default(),
-            rrf_k: None,
-            principals: None,
-        })
+        .search(&dense_query(at(collection), vec![0.0, 0.0, 1.0, 0.0], 10))
         .await
         .unwrap();
     assert_eq!(hits.len(), 3);
@@ -575,18 +535,7 @@ pub async fn generations_are_apart(index: &dyn VectorIndex) {
     index.upsert(next, points).await.expect("upsert into the next generation");
     assert_eq!(index.count(at(collection)).await.unwrap(), 0, "generation 0 is untouched");
     assert_eq!(index.count(next).await.unwrap(), 2);
-    let query = HybridQuery {
-        tenant: TenantId::default_tenant(),
-        target: next,
-        dense: vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-        sparse: SparseVector::default(),
-        mode: SearchMode::Dense,
-        limit: 3,
-        candidates: 3,
-        filter: Filter::default(),
-        rrf_k: None,
-        principals: None,
-    };
+    let query = dense_query(next, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0], 3);
     let hits = index.search(&query).await.expect("search the next generation");
     assert_eq!(hits.len(), 2, "the collection filter matches the points of every generation");
     assert_eq!(hits[0].payload.collection, collection);
@@ -628,6 +577,22 @@ fn chunk_points(
             }
         })
         .collect()
+}
+
+/// A dense query of the default tenant that looks at `limit` candidates.
+fn dense_query(target: IndexTarget, dense: Vec<f32>, limit: usize) -> HybridQuery {
+    HybridQuery {
+        tenant: TenantId::default_tenant(),
+        target,
+        dense,
+        sparse: SparseVector::default(),
+        mode: SearchMode::Dense,
+        limit,
+        candidates: limit,
+        filter: Filter::default(),
+        rrf_k: None,
+        principals: None,
+    }
 }
 
 fn sparse(terms: &[u32]) -> SparseVector {

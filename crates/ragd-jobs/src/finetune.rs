@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::generator_job::{FinetuneGeneratorParams, FINETUNE_GENERATOR_KIND};
+use crate::mining::group_by_query;
 use crate::quantize_job::{ModelDirs, QuantizeParams, QUANTIZE_KIND};
 use crate::reindex_job::{ReindexParams, REINDEX_KIND};
 use crate::reranker_job::{FinetuneRerankerParams, FINETUNE_RERANKER_KIND};
@@ -58,6 +59,11 @@ pub struct FinetuneEmbedderParams {
     pub seed: u64,
     #[serde(default = "default_validation_fraction")]
     pub validation_fraction: f64,
+    /// Mine a hard negative for every pair that has none: the query's top
+    /// hybrid hit in this collection that is not a judged answer. Its id or
+    /// name when posted, its id once stored.
+    #[serde(default)]
+    pub collection: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -135,6 +141,9 @@ impl FinetuneEmbedderParams {
         }
         if let Some(dataset) = &self.dataset {
             dataset.check()?;
+        }
+        if self.collection.as_ref().is_some_and(|c| c.trim().is_empty()) {
+            return Err("collection must be a collection's id or name (hard negatives are mined from it)".to_owned());
         }
         check_training_numbers(TrainingNumbers {
             epochs: self.epochs,
@@ -247,7 +256,7 @@ pub struct TrainingJobs {
     data_dir: PathBuf,
     /// `jobs.datasets_dir`: the root of every `dataset.beir_dir`.
     pub(crate) datasets_dir: PathBuf,
-    /// Mines a reranker's hard negatives: what hybrid search ranks high.
+    /// Mines hard negatives for training: what hybrid search ranks high.
     pub(crate) retriever: Retriever,
 }
 
@@ -304,7 +313,11 @@ impl TrainingJobs {
             .into());
         }
         let base_dir = self.base_dir(&params.base_model)?;
-        let pairs = load_pairs(&params, &self.datasets_dir).await?;
+        let (mut pairs, documents) = load_pairs(&params, &self.datasets_dir).await?;
+        let mined = match &params.collection {
+            Some(collection) => self.add_hard_negatives(job, collection, &mut pairs, documents).await?,
+            None => 0,
+        };
         let scratch = self.scratch_dir(job.id);
         let resume = resume_point(job);
         let message = match &resume {
@@ -357,6 +370,8 @@ impl TrainingJobs {
                 "batch_size": params.batch_size,
                 "learning_rate": params.learning_rate,
                 "seed": params.seed,
+                "mined_negatives": mined,
+                "collection": params.collection,
             },
             "validation": outcome.validation.map(|v| json!({"mrr": v.mrr, "recall_at_1": v.recall_at_1, "pairs": v.pairs})),
         });
@@ -475,37 +490,25 @@ impl TrainingJobs {
                 self.store.report_job_progress(job, worker, progress, &label, &metrics).await?
             }
             Event::Epoch { epoch, validation, checkpoint } => {
-                self.checkpointed(job, worker, checkpoint).await?;
-                let Some(v) = validation else { return Ok(JobControl::Continue) };
-                self.store
-                    .append_job_log(
-                        job,
-                        &format!(
-                            "epoch {epoch}: validation mrr {:.4}, recall@1 {:.4} on {} pairs",
-                            v.mrr, v.recall_at_1, v.pairs
-                        ),
-                    )
-                    .await?;
-                let epoch = epoch as i64;
-                let metrics = [("val_mrr", epoch, v.mrr), ("val_recall_at_1", epoch, v.recall_at_1)];
-                self.report_metrics(job, worker, &metrics).await?
+                let summary = validation.map(|v| {
+                    let line = format!(
+                        "epoch {epoch}: validation mrr {:.4}, recall@1 {:.4} on {} pairs",
+                        v.mrr, v.recall_at_1, v.pairs
+                    );
+                    (line, [("val_mrr", v.mrr), ("val_recall_at_1", v.recall_at_1)])
+                });
+                self.epoch_ended(job, worker, epoch, checkpoint, summary).await?
             }
             Event::LossEpoch { epoch, validation, checkpoint } => {
-                self.checkpointed(job, worker, checkpoint).await?;
-                let Some(v) = validation else { return Ok(JobControl::Continue) };
-                self.store
-                    .append_job_log(
-                        job,
-                        &format!(
-                            "epoch {epoch}: validation loss {:.4}, perplexity {:.3} on {} assistant tokens of {} \
-                             conversations",
-                            v.loss, v.perplexity, v.tokens, v.conversations
-                        ),
-                    )
-                    .await?;
-                let epoch = epoch as i64;
-                let metrics = [("val_loss", epoch, v.loss), ("val_perplexity", epoch, v.perplexity)];
-                self.report_metrics(job, worker, &metrics).await?
+                let summary = validation.map(|v| {
+                    let line = format!(
+                        "epoch {epoch}: validation loss {:.4}, perplexity {:.3} on {} assistant tokens of {} \
+                         conversations",
+                        v.loss, v.perplexity, v.tokens, v.conversations
+                    );
+                    (line, [("val_loss", v.loss), ("val_perplexity", v.perplexity)])
+                });
+                self.epoch_ended(job, worker, epoch, checkpoint, summary).await?
             }
             Event::Log(message) => {
                 self.store.append_job_log(job, &message).await?;
@@ -516,20 +519,26 @@ impl TrainingJobs {
 }
 
 impl TrainingJobs {
-    async fn checkpointed(&self, job: JobId, worker: &str, checkpoint: Option<Checkpoint>) -> Result<()> {
+    /// Stores an epoch's checkpoint, then its validation (a log line and
+    /// metrics), leaving progress and step as they are.
+    async fn epoch_ended(
+        &self,
+        job: JobId,
+        worker: &str,
+        epoch: usize,
+        checkpoint: Option<Checkpoint>,
+        validation: Option<(String, [(&str, f64); 2])>,
+    ) -> Result<JobControl> {
         if let Some(checkpoint) = checkpoint {
             let value = json!({"epoch": checkpoint.epoch, "weights": checkpoint.weights.display().to_string()});
             self.store.record_job_checkpoint(job, worker, &value).await?;
         }
-        Ok(())
-    }
-
-    /// Stores an epoch's validation metrics, leaving progress and step as
-    /// they are.
-    async fn report_metrics(&self, job: JobId, worker: &str, metrics: &[(&str, i64, f64)]) -> Result<JobControl> {
+        let Some((line, metrics)) = validation else { return Ok(JobControl::Continue) };
+        self.store.append_job_log(job, &line).await?;
+        let metrics = metrics.map(|(name, value)| (name, epoch as i64, value));
         let current = self.store.get_job(job).await?;
         let label = current.step.unwrap_or_else(|| "validating the base model".to_owned());
-        Ok(self.store.report_job_progress(job, worker, current.progress, &label, metrics).await?)
+        Ok(self.store.report_job_progress(job, worker, current.progress, &label, &metrics).await?)
     }
 }
 
@@ -541,23 +550,71 @@ pub(crate) fn resume_point(job: &JobRecord) -> Option<Checkpoint> {
     weights.is_file().then_some(Checkpoint { epoch, weights })
 }
 
-async fn load_pairs(params: &FinetuneEmbedderParams, datasets_dir: &Path) -> Result<Vec<TrainingPair>> {
+/// The training pairs, and beside each the BEIR id of its positive when it
+/// comes from a dataset.
+async fn load_pairs(
+    params: &FinetuneEmbedderParams,
+    datasets_dir: &Path,
+) -> Result<(Vec<TrainingPair>, Vec<Option<String>>)> {
     let Some(dataset) = params.dataset.clone() else {
         return Ok(params
             .pairs
             .iter()
-            .map(|p| TrainingPair {
-                query: p.query.clone(),
-                positive: p.positive.clone(),
-                negative: p.negative.clone(),
+            .map(|p| {
+                let pair = TrainingPair {
+                    query: p.query.clone(),
+                    positive: p.positive.clone(),
+                    negative: p.negative.clone(),
+                };
+                (pair, None)
             })
-            .collect());
+            .unzip());
     };
     Ok(judged_pairs(datasets_dir, dataset)
         .await?
         .into_iter()
-        .map(|judged| TrainingPair { query: judged.query, positive: judged.positive, negative: None })
-        .collect())
+        .map(|judged| {
+            (TrainingPair { query: judged.query, positive: judged.positive, negative: None }, Some(judged.document))
+        })
+        .unzip())
+}
+
+impl TrainingJobs {
+    /// Gives every pair without a negative the top hybrid hit of
+    /// `collection` (an id) for its query that answers none of the query's
+    /// pairs; returns how many pairs got one.
+    async fn add_hard_negatives(
+        &self,
+        job: &JobRecord,
+        collection: &str,
+        pairs: &mut [TrainingPair],
+        documents: Vec<Option<String>>,
+    ) -> Result<usize> {
+        let payload_error = |reason: &str| Error::Payload { job: job.id, reason: reason.to_owned() };
+        let tenant = job.tenant.clone().ok_or_else(|| payload_error("the job has no owner"))?;
+        let id: ragd_core::CollectionId = collection.parse().map_err(|_| payload_error("collection is not an id"))?;
+        // The collection may have been deleted since the job was posted.
+        let record = self.store.get_collection(&tenant, id).await?;
+        let judged = group_by_query(
+            pairs.iter().zip(documents).map(|(pair, document)| (pair.query.clone(), pair.positive.clone(), document)),
+        );
+        self.store.append_job_log(job.id, &format!("mining hard negatives for {} queries", judged.len())).await?;
+        let mined = self.mine(&tenant, &record, &judged, 1).await?;
+        let negatives: std::collections::HashMap<&str, &String> = judged
+            .iter()
+            .zip(&mined)
+            .filter_map(|(item, negatives)| Some((item.query.as_str(), negatives.first()?)))
+            .collect();
+        let mut count = 0;
+        for pair in pairs.iter_mut().filter(|pair| pair.negative.is_none()) {
+            if let Some(negative) = negatives.get(pair.query.as_str()) {
+                pair.negative = Some((*negative).clone());
+                count += 1;
+            }
+        }
+        self.store.append_job_log(job.id, &format!("{count} of {} pairs have a mined negative", pairs.len())).await?;
+        Ok(count)
+    }
 }
 
 /// A query of a BEIR dataset and a document judged relevant to it.
@@ -664,6 +721,7 @@ mod tests {
             ),
             (json!({"pairs": pairs(2), "dataset": null, "colour": "red"}), "unknown field"),
             (json!({"dataset": {"beir_dir": "x", "split": "../train"}}), "dataset.split"),
+            (json!({"pairs": pairs(2), "collection": " "}), "collection"),
         ];
         for (params, expected) in cases {
             let err = validate_submission(FINETUNE_EMBEDDER_KIND, params.clone()).expect_err("invalid");

@@ -13,6 +13,7 @@
 pub mod finetune;
 pub mod generator_job;
 pub mod ingest;
+mod mining;
 pub mod quantize_job;
 pub mod reindex_job;
 pub mod reranker_job;
@@ -131,7 +132,7 @@ impl Default for JobsConfig {
             workers: 1,
             lease_secs: 60,
             poll_interval_ms: 500,
-            embed_batch_size: 32,
+            embed_batch_size: 64,
             datasets_dir: PathBuf::from("datasets"),
             claim_batch: 32,
         }

@@ -7,27 +7,21 @@
 //! `<data_dir>/models/<name>` with a manifest of kind `reranker`, which is
 //! what `retrieval.reranker` names.
 
-use std::collections::{HashMap, HashSet};
-
-use ragd_core::{CollectionId, ErrorKind, Filter, SearchMode, TenantId, TopK};
-use ragd_retrieve::SearchRequest;
-use ragd_store::{CollectionRecord, JobRecord};
+use ragd_core::{CollectionId, ErrorKind};
+use ragd_store::JobRecord;
 use ragd_train::{RerankExample, RerankerConfig};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::finetune::{
     DatasetParams, MAX_INLINE_PAIRS, TrainingJobs, TrainingNumbers, check_model_name,
     check_training_numbers, default_base_model, default_epochs, default_learning_rate, default_seed,
     default_validation_fraction, judged_pairs, remove_dir, resume_point,
 };
+use crate::mining::{Judged, group_by_query};
 use crate::{Error, Result};
 
 pub const FINETUNE_RERANKER_KIND: &str = "finetune-reranker";
-
-/// Hits looked at per query beyond the negatives wanted, since the judged
-/// answers among them are skipped.
-const MINING_MARGIN: usize = 10;
 
 /// The parameters of a `finetune-reranker` job, as posted and as stored
 /// (with every default filled in).
@@ -123,15 +117,6 @@ impl FinetuneRerankerParams {
     }
 }
 
-/// A query with the passages judged to answer it; `documents` are the
-/// judged BEIR ids, which the hits of a collection ingested by `ragd eval`
-/// carry as `beir_id`.
-struct Judged {
-    query: String,
-    positives: Vec<String>,
-    documents: HashSet<String>,
-}
-
 impl TrainingJobs {
     pub async fn run_reranker(&self, job: &JobRecord, worker: &str) -> Result<()> {
         let params: FinetuneRerankerParams = serde_json::from_value(job.payload.clone())
@@ -156,7 +141,18 @@ impl TrainingJobs {
         self.store
             .append_job_log(job.id, &format!("mining hard negatives for {} queries", judged.len()))
             .await?;
-        let examples = self.mine(&tenant, &record, &judged, params.negatives).await?;
+        let mined = self.mine(&tenant, &record, &judged, params.negatives).await?;
+        let examples: Vec<RerankExample> = judged
+            .iter()
+            .zip(mined)
+            .flat_map(|(item, negatives)| {
+                item.positives.iter().map(move |positive| RerankExample {
+                    query: item.query.clone(),
+                    positive: positive.clone(),
+                    negatives: negatives.clone(),
+                })
+            })
+            .collect();
         let mined: usize = examples.iter().map(|e| e.negatives.len()).sum();
         let scratch = self.scratch_dir(job.id);
         let resume = resume_point(job);
@@ -219,86 +215,21 @@ impl TrainingJobs {
 
     /// The queries with their positives, in first-seen order.
     async fn judged(&self, params: &FinetuneRerankerParams) -> Result<Vec<Judged>> {
-        let pairs: Vec<(String, String, Option<String>)> = match params.dataset.clone() {
+        Ok(group_by_query(match params.dataset.clone() {
             Some(dataset) => judged_pairs(&self.datasets_dir, dataset)
                 .await?
                 .into_iter()
                 .map(|pair| (pair.query, pair.positive, Some(pair.document)))
-                .collect(),
+                .collect::<Vec<_>>(),
             None => params.pairs.iter().map(|p| (p.query.clone(), p.positive.clone(), None)).collect(),
-        };
-        let mut judged: Vec<Judged> = Vec::new();
-        let mut at: HashMap<String, usize> = HashMap::new();
-        for (query, positive, document) in pairs {
-            let slot = *at.entry(query.clone()).or_insert_with(|| {
-                judged.push(Judged { query, positives: Vec::new(), documents: HashSet::new() });
-                judged.len() - 1
-            });
-            judged[slot].positives.push(positive);
-            judged[slot].documents.extend(document);
-        }
-        Ok(judged)
+        }))
     }
-
-    /// One example per (query, positive), with up to `negatives` of the
-    /// query's top hybrid hits that are none of its judged answers.
-    async fn mine(
-        &self,
-        tenant: &TenantId,
-        collection: &CollectionRecord,
-        judged: &[Judged],
-        negatives: usize,
-    ) -> Result<Vec<RerankExample>> {
-        let mut examples = Vec::new();
-        for item in judged {
-            let depth = (negatives + item.positives.len() + MINING_MARGIN).min(TopK::MAX);
-            let request = SearchRequest {
-                tenant: tenant.clone(),
-                target: collection.index_target(),
-                embedder: collection.embedder.clone(),
-                query: item.query.clone(),
-                top_k: TopK::new(depth)?,
-                mode: SearchMode::Hybrid,
-                filter: Filter::default(),
-                candidates: None,
-                rrf_k: None,
-                principals: None,
-                reranker: None,
-            };
-            let hits = self.retriever.search(request).await.map_err(ragd_core::Error::from)?.hits;
-            let answers: Vec<String> = item.positives.iter().map(|p| normalized(p)).collect();
-            let mut mined: Vec<String> = Vec::new();
-            for hit in hits {
-                let judged_id =
-                    hit.payload.metadata.get("beir_id").and_then(Value::as_str).is_some_and(|id| item.documents.contains(id));
-                let text = normalized(&hit.payload.text);
-                let overlaps = answers.iter().any(|answer| answer.contains(&text) || text.contains(answer.as_str()));
-                let passage = ragd_retrieve::passage_text(&hit.payload);
-                if !judged_id && !overlaps && !text.is_empty() && !mined.contains(&passage) {
-                    mined.push(passage);
-                }
-                if mined.len() == negatives {
-                    break;
-                }
-            }
-            examples.extend(item.positives.iter().map(|positive| RerankExample {
-                query: item.query.clone(),
-                positive: positive.clone(),
-                negatives: mined.clone(),
-            }));
-        }
-        Ok(examples)
-    }
-}
-
-/// Lowercase with single spaces, so a chunk is found inside the positive it
-/// was cut from whatever the whitespace.
-fn normalized(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
     use crate::validate_submission;
 
@@ -340,12 +271,5 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::Unprocessable, "{params}");
             assert!(err.message().contains(expected), "{params}: {}", err.message());
         }
-    }
-
-    #[test]
-    fn chunks_are_found_inside_their_positive_whatever_the_spacing() {
-        let positive = normalized("Title  Here\nThe   first sentence. The second.");
-        assert!(positive.contains(&normalized("the FIRST sentence.\n The second.")));
-        assert!(!positive.contains(&normalized("another passage")));
     }
 }

@@ -52,7 +52,6 @@ pub struct PendingIndex {
 pub struct WriteTarget {
     pub target: IndexTarget,
     pub embedder: String,
-    pub dimensions: i64,
 }
 
 /// Which generations a writer saw; publishing checks that they are still
@@ -76,13 +75,11 @@ impl CollectionRecord {
         let mut targets = vec![WriteTarget {
             target: self.index_target(),
             embedder: self.embedder.clone(),
-            dimensions: self.dimensions,
         }];
         if let Some(pending) = &self.pending {
             targets.push(WriteTarget {
                 target: IndexTarget::new(self.id, pending.generation),
                 embedder: pending.embedder.clone(),
-                dimensions: pending.dimensions,
             });
         }
         targets

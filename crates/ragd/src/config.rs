@@ -98,7 +98,7 @@ impl Default for EmbeddingSection {
         Self {
             model: "minilm-l6-onnx".into(),
             runtime: "onnxruntime".into(),
-            batch_size: 32,
+            batch_size: 8,
             threads: 0,
             memory_arena: false,
         }

@@ -205,6 +205,7 @@ mod tests {
         config.memory.budget_mib = budget_mib;
         config.server.max_document_bytes = 32 * MIB as usize;
         config.jobs.workers = 1;
+        config.embedding.batch_size = 32;
         config
     }
 

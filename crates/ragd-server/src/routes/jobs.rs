@@ -116,11 +116,10 @@ pub(crate) async fn submit(
     caller.require(Role::Write)?;
     let mut payload = ragd_jobs::validate_submission(&body.kind, body.params)?;
     state.models.check_submission(&body.kind, &payload)?;
-    if [ragd_jobs::FINETUNE_RERANKER_KIND, ragd_jobs::REINDEX_KIND].contains(&body.kind.as_str()) {
+    if let Some(named) = payload["collection"].as_str().map(str::to_owned) {
         // Negatives are mined from, and a reindex rebuilds, the caller's
         // own collection, found now so that a wrong name fails the request
         // rather than the job.
-        let named = payload["collection"].as_str().unwrap_or_default().to_owned();
         let collection = resolve(&state, &caller.tenant, &named).await?;
         if body.kind == ragd_jobs::REINDEX_KIND {
             check_reindex(&state, &collection, payload["embedder"].as_str().unwrap_or_default()).await?;
