@@ -278,8 +278,8 @@ async fn finetune_embedder_reads_a_beir_dataset_under_the_datasets_dir() {
     for document in &documents {
         app.wait_ready(&collection, document).await;
     }
-    let params = json!({"dataset": {"beir_dir": "tiny"}, "collection": "tiny-corpus", "name": "tiny-hn",
-        "batch_size": 4, "max_seq_len": 16, "validation_fraction": 0.0});
+    let params = json!({"dataset": {"beir_dir": "tiny"}, "collection": "tiny-corpus", "skip_hits": 1,
+        "name": "tiny-hn", "batch_size": 4, "max_seq_len": 16, "validation_fraction": 0.0});
     let mined = submit(&app, params).await;
     let mined = wait_job(&app, mined["id"].as_str().unwrap(), Duration::from_secs(600), finished).await;
     assert_eq!(mined["status"], "succeeded", "{mined}");
@@ -290,6 +290,7 @@ async fn finetune_embedder_reads_a_beir_dataset_under_the_datasets_dir() {
     let dir = std::path::PathBuf::from(mined["artifacts"][0]["path"].as_str().unwrap());
     let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["training"]["mined_negatives"], 6, "{manifest}");
+    assert_eq!(manifest["training"]["skip_hits"], 1, "{manifest}");
     let nowhere = json!({"kind": "finetune-embedder", "params": {"dataset": {"beir_dir": "tiny"}, "collection": "nope"}});
     assert_problem(app.post_json("/v1/jobs", &nowhere).await, StatusCode::NOT_FOUND).await;
 

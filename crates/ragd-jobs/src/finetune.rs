@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::generator_job::{FinetuneGeneratorParams, FINETUNE_GENERATOR_KIND};
-use crate::mining::group_by_query;
+use crate::mining::{check_skip_hits, group_by_query};
 use crate::quantize_job::{ModelDirs, QuantizeParams, QUANTIZE_KIND};
 use crate::reindex_job::{ReindexParams, REINDEX_KIND};
 use crate::reranker_job::{FinetuneRerankerParams, FINETUNE_RERANKER_KIND};
@@ -64,6 +64,12 @@ pub struct FinetuneEmbedderParams {
     /// name when posted, its id once stored.
     #[serde(default)]
     pub collection: Option<String>,
+    /// Unjudged top hits passed over before the negative is taken: in a
+    /// dataset that judges one or two answers per query, the very top hits
+    /// are often unjudged answers, which would teach the model the wrong
+    /// thing.
+    #[serde(default)]
+    pub skip_hits: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -145,6 +151,7 @@ impl FinetuneEmbedderParams {
         if self.collection.as_ref().is_some_and(|c| c.trim().is_empty()) {
             return Err("collection must be a collection's id or name (hard negatives are mined from it)".to_owned());
         }
+        check_skip_hits(self.skip_hits)?;
         check_training_numbers(TrainingNumbers {
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -315,7 +322,9 @@ impl TrainingJobs {
         let base_dir = self.base_dir(&params.base_model)?;
         let (mut pairs, documents) = load_pairs(&params, &self.datasets_dir).await?;
         let mined = match &params.collection {
-            Some(collection) => self.add_hard_negatives(job, collection, &mut pairs, documents).await?,
+            Some(collection) => {
+                self.add_hard_negatives(job, collection, params.skip_hits, &mut pairs, documents).await?
+            }
             None => 0,
         };
         let scratch = self.scratch_dir(job.id);
@@ -372,6 +381,7 @@ impl TrainingJobs {
                 "seed": params.seed,
                 "mined_negatives": mined,
                 "collection": params.collection,
+                "skip_hits": params.skip_hits,
             },
             "validation": outcome.validation.map(|v| json!({"mrr": v.mrr, "recall_at_1": v.recall_at_1, "pairs": v.pairs})),
         });
@@ -582,11 +592,12 @@ async fn load_pairs(
 impl TrainingJobs {
     /// Gives every pair without a negative the top hybrid hit of
     /// `collection` (an id) for its query that answers none of the query's
-    /// pairs; returns how many pairs got one.
+    /// pairs, after `skip_hits` such hits; returns how many pairs got one.
     async fn add_hard_negatives(
         &self,
         job: &JobRecord,
         collection: &str,
+        skip_hits: usize,
         pairs: &mut [TrainingPair],
         documents: Vec<Option<String>>,
     ) -> Result<usize> {
@@ -599,7 +610,7 @@ impl TrainingJobs {
             pairs.iter().zip(documents).map(|(pair, document)| (pair.query.clone(), pair.positive.clone(), document)),
         );
         self.store.append_job_log(job.id, &format!("mining hard negatives for {} queries", judged.len())).await?;
-        let mined = self.mine(&tenant, &record, &judged, 1).await?;
+        let mined = self.mine(&tenant, &record, &judged, skip_hits, 1).await?;
         let negatives: std::collections::HashMap<&str, &String> = judged
             .iter()
             .zip(&mined)
@@ -722,6 +733,7 @@ mod tests {
             (json!({"pairs": pairs(2), "dataset": null, "colour": "red"}), "unknown field"),
             (json!({"dataset": {"beir_dir": "x", "split": "../train"}}), "dataset.split"),
             (json!({"pairs": pairs(2), "collection": " "}), "collection"),
+            (json!({"pairs": pairs(2), "collection": "c", "skip_hits": 51}), "skip_hits"),
         ];
         for (params, expected) in cases {
             let err = validate_submission(FINETUNE_EMBEDDER_KIND, params.clone()).expect_err("invalid");

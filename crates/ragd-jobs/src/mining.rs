@@ -17,6 +17,19 @@ use crate::finetune::TrainingJobs;
 /// answers among them are skipped.
 const MINING_MARGIN: usize = 10;
 
+/// The most unjudged top hits a job may pass over before taking negatives.
+pub(crate) const MAX_SKIP_HITS: usize = 50;
+
+/// Both training jobs check `skip_hits` the same way.
+pub(crate) fn check_skip_hits(skip_hits: usize) -> std::result::Result<(), String> {
+    if skip_hits > MAX_SKIP_HITS {
+        return Err(format!(
+            "skip_hits must be at most {MAX_SKIP_HITS} (the unjudged top hits passed over before negatives are taken)"
+        ));
+    }
+    Ok(())
+}
+
 /// A query with the passages judged to answer it; `documents` are the
 /// judged BEIR ids, which the hits of a collection ingested by `ragd eval`
 /// carry as `beir_id`.
@@ -44,17 +57,19 @@ pub(crate) fn group_by_query(pairs: impl IntoIterator<Item = (String, String, Op
 impl TrainingJobs {
     /// Up to `negatives` passages for each of `judged`, in its order: the
     /// query's top hybrid hits in `collection` that are neither a judged
-    /// document nor a piece of one of its positives.
+    /// document nor a piece of one of its positives, after passing over the
+    /// first `skip` such hits.
     pub(crate) async fn mine(
         &self,
         tenant: &TenantId,
         collection: &CollectionRecord,
         judged: &[Judged],
+        skip: usize,
         negatives: usize,
     ) -> Result<Vec<Vec<String>>> {
         let mut all = Vec::with_capacity(judged.len());
         for item in judged {
-            let depth = (negatives + item.positives.len() + MINING_MARGIN).min(TopK::MAX);
+            let depth = (skip + negatives + item.positives.len() + MINING_MARGIN).min(TopK::MAX);
             let request = SearchRequest {
                 tenant: tenant.clone(),
                 target: collection.index_target(),
@@ -70,8 +85,7 @@ impl TrainingJobs {
             };
             let hits = self.retriever.search(request).await.map_err(ragd_core::Error::from)?.hits;
             let answers: Vec<String> = item.positives.iter().map(|p| normalized(p)).collect();
-            let mut mined: Vec<String> = Vec::new();
-            for hit in hits {
+            let unjudged = hits.iter().map(|hit| {
                 let judged_id = hit
                     .payload
                     .metadata
@@ -79,19 +93,35 @@ impl TrainingJobs {
                     .and_then(Value::as_str)
                     .is_some_and(|id| item.documents.contains(id));
                 let text = normalized(&hit.payload.text);
-                let overlaps = answers.iter().any(|answer| answer.contains(&text) || text.contains(answer.as_str()));
-                let passage = ragd_retrieve::passage_text(&hit.payload);
-                if !judged_id && !overlaps && !text.is_empty() && !mined.contains(&passage) {
-                    mined.push(passage);
-                }
-                if mined.len() == negatives {
-                    break;
-                }
-            }
+                let overlaps =
+                    answers.iter().any(|answer| answer.contains(&text) || text.contains(answer.as_str()));
+                (!judged_id && !overlaps && !text.is_empty())
+                    .then(|| ragd_retrieve::passage_text(&hit.payload))
+            });
+            let mined = take_negatives(unjudged, skip, negatives);
             all.push(mined);
         }
         Ok(all)
     }
+}
+
+/// The distinct passages among `ranked` (`None` for a hit that answers the
+/// query) from the `skip + 1`th on, at most `negatives` of them.
+fn take_negatives(
+    ranked: impl Iterator<Item = Option<String>>,
+    skip: usize,
+    negatives: usize,
+) -> Vec<String> {
+    let mut distinct: Vec<String> = Vec::new();
+    for passage in ranked.flatten() {
+        if !distinct.contains(&passage) {
+            distinct.push(passage);
+        }
+        if distinct.len() == skip + negatives {
+            break;
+        }
+    }
+    distinct.split_off(skip.min(distinct.len()))
 }
 
 /// Lowercase with single spaces, so a chunk is found inside the positive it
@@ -109,6 +139,18 @@ mod tests {
         let positive = normalized("Title  Here\nThe   first sentence. The second.");
         assert!(positive.contains(&normalized("the FIRST sentence.\n The second.")));
         assert!(!positive.contains(&normalized("another passage")));
+    }
+
+    #[test]
+    fn negatives_are_distinct_unjudged_passages_after_the_skipped_ones() {
+        let ranked = |items: &[Option<&str>]| {
+            items.iter().map(|p| p.map(str::to_owned)).collect::<Vec<_>>().into_iter()
+        };
+        let hits = [Some("a"), None, Some("a"), Some("b"), Some("c"), None, Some("d")];
+        assert_eq!(take_negatives(ranked(&hits), 0, 2), ["a", "b"]);
+        assert_eq!(take_negatives(ranked(&hits), 2, 1), ["c"]);
+        assert_eq!(take_negatives(ranked(&hits), 3, 5), ["d"]);
+        assert!(take_negatives(ranked(&hits), 4, 1).is_empty());
     }
 
     #[test]

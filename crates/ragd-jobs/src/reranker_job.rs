@@ -18,7 +18,7 @@ use crate::finetune::{
     check_training_numbers, default_base_model, default_epochs, default_learning_rate, default_seed,
     default_validation_fraction, judged_pairs, remove_dir, resume_point,
 };
-use crate::mining::{Judged, group_by_query};
+use crate::mining::{check_skip_hits, group_by_query, Judged};
 use crate::{Error, Result};
 
 pub const FINETUNE_RERANKER_KIND: &str = "finetune-reranker";
@@ -56,6 +56,10 @@ pub struct FinetuneRerankerParams {
     /// Negatives scored against each positive.
     #[serde(default = "default_negatives")]
     pub negatives: usize,
+    /// Unjudged top hits passed over before negatives are taken (the very
+    /// top ones are often answers the dataset never judged).
+    #[serde(default)]
+    pub skip_hits: usize,
     #[serde(default = "default_validation_fraction")]
     pub validation_fraction: f64,
 }
@@ -106,6 +110,7 @@ impl FinetuneRerankerParams {
         if !(1..=MAX_NEGATIVES).contains(&self.negatives) {
             return Err(format!("negatives must be between 1 and {MAX_NEGATIVES}"));
         }
+        check_skip_hits(self.skip_hits)?;
         check_training_numbers(TrainingNumbers {
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -141,7 +146,7 @@ impl TrainingJobs {
         self.store
             .append_job_log(job.id, &format!("mining hard negatives for {} queries", judged.len()))
             .await?;
-        let mined = self.mine(&tenant, &record, &judged, params.negatives).await?;
+        let mined = self.mine(&tenant, &record, &judged, params.skip_hits, params.negatives).await?;
         let examples: Vec<RerankExample> = judged
             .iter()
             .zip(mined)
@@ -198,6 +203,7 @@ impl TrainingJobs {
                 "validation_examples": outcome.validation_examples,
                 "mined_negatives": mined,
                 "negatives": params.negatives,
+                "skip_hits": params.skip_hits,
                 "steps": outcome.steps,
                 "epochs": params.epochs,
                 "batch_size": params.batch_size,
@@ -261,6 +267,7 @@ mod tests {
             (json!({"collection": "c", "dataset": {"beir_dir": "../x"}}), "dataset.beir_dir"),
             (with(json!({"negatives": 0})), "negatives"),
             (with(json!({"negatives": 64})), "negatives"),
+            (with(json!({"skip_hits": 51})), "skip_hits"),
             (with(json!({"batch_size": 0})), "batch_size"),
             (with(json!({"epochs": 0})), "epochs"),
             (with(json!({"name": "Bad Name"})), "not a valid model name"),
