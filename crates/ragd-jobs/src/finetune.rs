@@ -682,7 +682,9 @@ pub(crate) async fn judged_pairs(datasets_dir: &Path, dataset: DatasetParams) ->
 /// its registered place in one rename, so a model is never seen half
 /// written.
 fn publish(staged: &Path, target: &Path, manifest: &[u8]) -> std::io::Result<()> {
-    std::fs::write(staged.join("manifest.json"), manifest)?;
+    let manifest_path = staged.join("manifest.json");
+    std::fs::write(&manifest_path, manifest)?;
+    give_files_mode_of(staged, &std::fs::metadata(&manifest_path)?.permissions())?;
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -690,6 +692,23 @@ fn publish(staged: &Path, target: &Path, manifest: &[u8]) -> std::io::Result<()>
         return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "model directory exists"));
     }
     std::fs::rename(staged, target)
+}
+
+/// safetensors saves through a temporary file, which is created 0600, so
+/// a trained model's weights would be unreadable to a worker or a backup
+/// running as another user while its other files are not. Every file takes
+/// the mode of one the server wrote plainly, which honours the umask.
+fn give_files_mode_of(dir: &Path, permissions: &std::fs::Permissions) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            give_files_mode_of(&entry.path(), permissions)?;
+        } else if kind.is_file() {
+            std::fs::set_permissions(entry.path(), permissions.clone())?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn remove_dir(dir: &Path) {
@@ -704,6 +723,24 @@ mod tests {
 
     fn pairs(n: usize) -> Value {
         Value::Array((0..n).map(|i| json!({"query": format!("q{i}"), "positive": format!("p{i}")})).collect())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn published_model_files_are_as_readable_as_any_other() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = std::env::temp_dir().join(format!("ragd-publish-{}", std::process::id()));
+        let (staged, target) = (scratch.join("staged"), scratch.join("models/trained"));
+        std::fs::create_dir_all(staged.join("1_Pooling")).expect("staged dir");
+        for file in ["model.safetensors", "1_Pooling/config.json"] {
+            std::fs::write(staged.join(file), b"{}").expect("staged file");
+            std::fs::set_permissions(staged.join(file), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        publish(&staged, &target, b"{}").expect("published");
+        let mode = |file: &str| std::fs::metadata(target.join(file)).expect("file").permissions().mode() & 0o777;
+        let plain = mode("manifest.json");
+        assert_eq!((mode("model.safetensors"), mode("1_Pooling/config.json")), (plain, plain));
+        std::fs::remove_dir_all(&scratch).expect("cleaned up");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::finetune::TrainingJobs;
 const MINING_MARGIN: usize = 10;
 
 /// The most unjudged top hits a job may pass over before taking negatives.
-pub(crate) const MAX_SKIP_HITS: usize = 50;
+const MAX_SKIP_HITS: usize = 50;
 
 /// Both training jobs check `skip_hits` the same way.
 pub(crate) fn check_skip_hits(skip_hits: usize) -> std::result::Result<(), String> {
