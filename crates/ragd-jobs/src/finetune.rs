@@ -730,6 +730,8 @@ mod tests {
     fn published_model_files_are_as_readable_as_any_other() {
         use std::os::unix::fs::PermissionsExt;
         let scratch = std::env::temp_dir().join(format!("ragd-publish-{}", std::process::id()));
+        // A run killed mid-way may have left it behind.
+        let _ = std::fs::remove_dir_all(&scratch);
         let (staged, target) = (scratch.join("staged"), scratch.join("models/trained"));
         std::fs::create_dir_all(staged.join("1_Pooling")).expect("staged dir");
         for file in ["model.safetensors", "1_Pooling/config.json"] {
