@@ -68,11 +68,17 @@ pub struct RetrievalConfig {
     /// Hits of the hybrid search the reranker reads; the rest keep their
     /// order after them.
     pub rerank_candidates: usize,
+    /// How much the reranker's order counts against the hybrid search's:
+    /// the candidates are ordered by reciprocal rank fusion of the two
+    /// ranks, weighted `rerank_weight` and `1 - rerank_weight`. 1 orders by
+    /// the reranker alone; below it, a reranker trained on little data
+    /// corrects the first stage instead of overruling it.
+    pub rerank_weight: f64,
 }
 
 impl Default for RetrievalConfig {
     fn default() -> Self {
-        Self { candidates: 50, neighbour_window: 1, max_query_chars: 4096, reranker: None, rerank_candidates: 30 }
+        Self { candidates: 50, neighbour_window: 1, max_query_chars: 4096, reranker: None, rerank_candidates: 30, rerank_weight: 1.0 }
     }
 }
 
@@ -80,6 +86,9 @@ impl Default for RetrievalConfig {
 pub const MAX_CANDIDATES: usize = 2000;
 /// The largest `k` of reciprocal rank fusion a request may ask for.
 pub const MAX_RRF_K: u32 = 10_000;
+/// The `k` of the fusion of the reranker's ranks with the first stage's,
+/// the value of Cormack et al.'s paper: a few places apart count little.
+const RERANK_RRF_K: f64 = 60.0;
 
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
@@ -271,11 +280,13 @@ impl Retriever {
             reranker.score(&query, &passages)
         })
         .await??;
+        let order = rerank_order(&scores, self.config.rerank_weight);
         for (hit, score) in hits.iter_mut().zip(scores) {
             hit.rerank_score = Some(score);
         }
-        // Stable, so equal scores keep the fused order.
-        hits[..count].sort_by(|a, b| b.rerank_score.unwrap_or(f32::MIN).total_cmp(&a.rerank_score.unwrap_or(f32::MIN)));
+        let mut scored: Vec<Option<IndexHit>> = hits.drain(..count).map(Some).collect();
+        let reordered: Vec<IndexHit> = order.into_iter().filter_map(|i| scored[i].take()).collect();
+        hits.splice(0..0, reordered);
         Ok(hits)
     }
 
@@ -285,5 +296,50 @@ impl Retriever {
         Ok(expand_hits(self.index.as_ref(), target, hits, window)
             .instrument(tracing::info_span!("expand_context", hits = hits.len(), window))
             .await?)
+    }
+}
+
+/// The order of candidates given in first-stage order with the reranker's
+/// `scores`: by the reranker alone at `weight` 1, else by the weighted
+/// reciprocal rank fusion of both ranks. Ties keep the first-stage order.
+fn rerank_order(scores: &[f32], weight: f64) -> Vec<usize> {
+    let mut by_score: Vec<usize> = (0..scores.len()).collect();
+    by_score.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    if weight >= 1.0 {
+        return by_score;
+    }
+    let mut fused = vec![0.0; scores.len()];
+    for (rerank_rank, &candidate) in by_score.iter().enumerate() {
+        fused[candidate] =
+            weight / (RERANK_RRF_K + rerank_rank as f64) + (1.0 - weight) / (RERANK_RRF_K + candidate as f64);
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| fused[b].total_cmp(&fused[a]));
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rerank_order;
+
+    #[test]
+    fn the_reranker_alone_orders_at_full_weight_and_ties_keep_the_first_stage_order() {
+        assert_eq!(rerank_order(&[0.1, 0.9, 0.5, 0.9], 1.0), [1, 3, 2, 0]);
+        assert!(rerank_order(&[], 0.5).is_empty());
+    }
+
+    #[test]
+    fn below_full_weight_both_ranks_count() {
+        // The reranker turns the first stage's order around.
+        let scores = [0.0, 1.0, 2.0, 3.0];
+        assert_eq!(rerank_order(&scores, 1.0), [3, 2, 1, 0]);
+        // Weighed alike, the two ends tie (the first stage's first stays
+        // ahead) and beat the middle, where neither rank is high.
+        assert_eq!(rerank_order(&scores, 0.5), [0, 3, 1, 2]);
+        // Leaning to the reranker, its order wins; leaning away, the first stage's.
+        assert_eq!(rerank_order(&scores, 0.6), [3, 2, 1, 0]);
+        assert_eq!(rerank_order(&scores, 0.4), [0, 1, 2, 3]);
+        // A candidate both place high beats one only the reranker likes best.
+        assert_eq!(rerank_order(&[2.0, 0.0, 1.0, 3.0], 0.5)[0], 0);
     }
 }

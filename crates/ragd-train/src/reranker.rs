@@ -33,6 +33,13 @@ const VOCAB_FILE: &str = "vocab.txt";
 /// initialises BERT's (`initializer_range`).
 const INIT_STD: f64 = 0.02;
 
+/// Share of a run's steps over which the learning rate climbs from zero to
+/// the configured one; it then falls linearly to nearly zero at the last
+/// step. A fresh head's first gradients are large and random, and at the
+/// full rate they would move the pretrained encoder far from what it knows
+/// (the schedule sentence-transformers' CrossEncoder trains with).
+const WARMUP_FRACTION: f64 = 0.1;
+
 /// A query, a passage that answers it, and passages that look relevant but
 /// are not (mined from the retriever's top candidates).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,10 +134,12 @@ fn train(
     };
     check(observe(Event::Log(format!(
         "{} training examples, {} held out, groups of 1 positive + {} negatives, {batches_per_epoch} steps \
-         per epoch, starting after epoch {start_epoch}",
+         per epoch, starting after epoch {start_epoch}; the learning rate warms up over {} steps, then \
+         decays linearly",
         train.len(),
         validation.len(),
-        config.negatives
+        config.negatives,
+        warmup_steps(total_steps)
     ))))?;
     let mut last_validation = None;
     if start_epoch == 0 {
@@ -156,6 +165,7 @@ fn train(
                 .filter(|(_, passages)| passages.len() > 1)
                 .collect();
             step += 1;
+            optimizer.set_learning_rate(scheduled_learning_rate(config.learning_rate, step, total_steps));
             let loss = if groups.is_empty() {
                 // No positive of the batch has a passage to be ranked
                 // against (no negatives asked for, or none that differ).
@@ -197,6 +207,22 @@ fn train(
         validation: last_validation,
     };
     Ok((model, outcome))
+}
+
+fn warmup_steps(total_steps: usize) -> usize {
+    ((total_steps as f64 * WARMUP_FRACTION).ceil() as usize).max(1)
+}
+
+/// The learning rate of `step` (counted from 1) of `total_steps`: linear
+/// warmup to `peak`, then linear decay, so that a run resumed after a
+/// checkpoint goes on where the schedule was.
+fn scheduled_learning_rate(peak: f64, step: usize, total_steps: usize) -> f64 {
+    let warmup = warmup_steps(total_steps);
+    if step <= warmup {
+        peak * step as f64 / warmup as f64
+    } else {
+        peak * (total_steps.saturating_sub(step) + 1) as f64 / (total_steps - warmup + 1) as f64
+    }
 }
 
 /// Sets every variable from `weights`: a sequence classifier's own names
@@ -528,6 +554,15 @@ mod tests {
         let outcome =
             finetune_reranker(&config, &topic_examples(), &stop, &mut |_| ControlFlow::Continue(()));
         assert!(matches!(outcome, Err(Error::Stopped)), "{outcome:?}");
+    }
+
+    #[test]
+    fn the_learning_rate_warms_up_then_decays_linearly() {
+        let rates: Vec<f64> = (1..=20).map(|step| scheduled_learning_rate(1.0, step, 20)).collect();
+        assert_eq!(&rates[..3], [0.5, 1.0, 18.0 / 19.0]);
+        assert!(rates[1..].windows(2).all(|w| w[0] > w[1]), "{rates:?}");
+        assert_eq!(rates[19], 1.0 / 19.0);
+        assert_eq!(scheduled_learning_rate(3e-4, 1, 1), 3e-4);
     }
 
     #[test]

@@ -265,6 +265,10 @@ impl Config {
         {
             bail!("auth.admin_key (RAGD_ADMIN_KEY) must be at least {MIN_ADMIN_KEY_BYTES} printable ASCII characters without spaces");
         }
+        let rerank_weight = self.retrieval.rerank_weight;
+        if !(rerank_weight > 0.0 && rerank_weight <= 1.0) {
+            bail!("retrieval.rerank_weight must be above 0 and at most 1, not {rerank_weight}");
+        }
         if self.server.max_top_k == 0 || self.server.max_top_k > ragd_core::TopK::MAX {
             bail!("server.max_top_k must be between 1 and {}", ragd_core::TopK::MAX);
         }
