@@ -78,7 +78,14 @@ pub struct RetrievalConfig {
 
 impl Default for RetrievalConfig {
     fn default() -> Self {
-        Self { candidates: 50, neighbour_window: 1, max_query_chars: 4096, reranker: None, rerank_candidates: 30, rerank_weight: 1.0 }
+        Self {
+            candidates: 50,
+            neighbour_window: 1,
+            max_query_chars: 4096,
+            reranker: None,
+            rerank_candidates: 30,
+            rerank_weight: 1.0,
+        }
     }
 }
 
