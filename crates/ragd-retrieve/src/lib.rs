@@ -307,14 +307,11 @@ impl Retriever {
 }
 
 /// The order of candidates given in first-stage order with the reranker's
-/// `scores`: by the reranker alone at `weight` 1, else by the weighted
-/// reciprocal rank fusion of both ranks. Ties keep the first-stage order.
+/// `scores`: by the weighted reciprocal rank fusion of both ranks, which at
+/// `weight` 1 is the reranker's order alone. Ties keep the first-stage order.
 fn rerank_order(scores: &[f32], weight: f64) -> Vec<usize> {
     let mut by_score: Vec<usize> = (0..scores.len()).collect();
     by_score.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    if weight >= 1.0 {
-        return by_score;
-    }
     let mut fused = vec![0.0; scores.len()];
     for (rerank_rank, &candidate) in by_score.iter().enumerate() {
         fused[candidate] =
