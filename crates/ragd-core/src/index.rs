@@ -133,8 +133,9 @@ pub struct IndexSettings {
     /// Copies of each shard; the engine's default when unset.
     #[serde(deserialize_with = "crate::numbers::whole")]
     pub replication_factor: Option<u32>,
-    /// Dense vectors (and payloads) memory-mapped from disk instead of held
-    /// in RAM.
+    /// Dense vectors, the sparse index and payloads memory-mapped from disk
+    /// instead of held in RAM, so the index's size does not bound the
+    /// server's memory. (The embedded engine keeps payloads on disk anyway.)
     pub on_disk: bool,
     pub quantization: Quantization,
 }

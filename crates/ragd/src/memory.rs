@@ -15,6 +15,12 @@
 //! embedder an arena of its own and keeps their freed pages, so under a
 //! budget its arenas are capped and both allocators are asked to return
 //! what they hold free.
+//!
+//! The budget counts anonymous memory (`RssAnon`): what ragd allocates and
+//! only it can give back. Pages mapped from files (ragd's code, an on-disk
+//! index) are page cache, which the kernel takes back when it is short, as
+//! a container's memory limit makes it do; counting them would have the
+//! guard shrink the batch for memory that is not ragd's to free.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,15 +191,16 @@ fn return_free_memory() {
     }
 }
 
+/// Resident anonymous memory (see the module's comment).
 fn resident_mib() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix("RssAnon:"))
         .and_then(|rest| rest.trim().strip_suffix("kB"))
         .and_then(|kib| kib.trim().parse::<u64>().ok())
         .map(|kib| kib / 1024)
-        .context("no VmRSS in /proc/self/status")
+        .context("no RssAnon in /proc/self/status")
 }
 
 #[cfg(test)]

@@ -183,7 +183,11 @@ impl Shard {
         edge_config.vectors.insert(DENSE_VECTOR.to_owned(), dense.build());
         edge_config.sparse_vectors.insert(
             SPARSE_VECTOR.to_owned(),
-            EdgeSparseVectorParams { modifier: Some(Modifier::Idf), ..EdgeSparseVectorParams::default() },
+            EdgeSparseVectorParams {
+                modifier: Some(Modifier::Idf),
+                on_disk: Some(settings.on_disk),
+                ..EdgeSparseVectorParams::default()
+            },
         );
         edge_config.hnsw_config = config.hnsw();
         edge_config.optimizers.indexing_threshold = Some(config.indexing_threshold_kb);

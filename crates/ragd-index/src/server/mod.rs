@@ -17,9 +17,9 @@ use qdrant_client::qdrant::{
     CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder,
     Distance, FieldType, Filter as QFilter, HnswConfigDiffBuilder, Modifier, NamedVectors, PointId,
     PointStruct, PrefetchQueryBuilder, QuantizationType, Query, QueryPointsBuilder, RrfBuilder,
-    ScalarQuantizationBuilder, ScoredPoint, ScrollPointsBuilder, SparseVectorParamsBuilder,
-    SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder,
-    VectorsConfigBuilder, WriteOrdering, WriteOrderingType,
+    ScalarQuantizationBuilder, ScoredPoint, ScrollPointsBuilder, SparseIndexConfigBuilder,
+    SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector, VectorInput,
+    VectorParamsBuilder, VectorsConfigBuilder, WriteOrdering, WriteOrderingType,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use ragd_core::{
@@ -229,7 +229,9 @@ impl VectorIndex for QdrantServerIndex {
         let mut sparse = SparseVectorsConfigBuilder::default();
         sparse.add_named_vector_params(
             SPARSE_VECTOR,
-            SparseVectorParamsBuilder::default().modifier(Modifier::Idf),
+            SparseVectorParamsBuilder::default()
+                .modifier(Modifier::Idf)
+                .index(SparseIndexConfigBuilder::default().on_disk(settings.on_disk)),
         );
         let mut request = CreateCollectionBuilder::new(&name)
             .vectors_config(vectors)
