@@ -37,7 +37,7 @@ const MIB: u64 = 1024 * 1024;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemorySection {
-    /// Peak resident memory the process should stay under, in MiB; 0: no
+    /// Anonymous memory the process should stay under, in MiB; 0: no
     /// budget (the embedder runs `embedding.batch_size` texts per call).
     pub budget_mib: u64,
     /// The embedder's working memory per text of its longest input.
