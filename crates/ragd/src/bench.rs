@@ -330,11 +330,5 @@ fn render(r: &IngestBench) -> String {
 
 /// The process's peak resident set size so far (VmHWM), in MiB.
 fn peak_rss_mib() -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/self/status")?;
-    Ok(kib / 1024.0)
+    Ok(crate::memory::process_status_kib("VmHWM")? as f64 / 1024.0)
 }

@@ -183,6 +183,18 @@ fn volumes(service: &Mapping) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Compose's `mem_limit`, written in MiB (`1536m`) or GiB (`2g`).
+fn memory_limit_mib(service: &Mapping) -> Option<u64> {
+    let limit = text(service.get("mem_limit")?);
+    let (number, unit) = limit.split_at(limit.len() - 1);
+    let number: u64 = number.parse().unwrap_or_else(|_| panic!("mem_limit {limit}: expected a whole number"));
+    match unit {
+        "m" => Some(number),
+        "g" => Some(number * 1024),
+        _ => panic!("mem_limit {limit}: write it in m or g"),
+    }
+}
+
 fn healthcheck(service: &Mapping) -> Vec<String> {
     let check = service.get("healthcheck").unwrap_or_else(|| panic!("{service:?} has no healthcheck"));
     let test = strings(&check["test"]);
@@ -269,6 +281,11 @@ fn compose_runs_the_api_and_a_worker_on_postgres_with_shared_blobs() {
             ("worker", Command::Worker(args)) => {
                 assert!(!args.private_index, "a compose worker must not index into a private Edge index");
                 assert!(config.jobs.workers >= 1);
+                // The budget counts only anonymous memory; the margin is for
+                // the code and index pages the limit also counts.
+                let limit = memory_limit_mib(ragd).expect("the worker has a mem_limit");
+                let budget = config.memory.budget_mib;
+                assert!(budget > 0 && budget + 128 <= limit, "budget {budget} MiB under a {limit} MiB limit");
                 let port =
                     args.listen.as_deref().expect("the worker serves its health port").rsplit(':').next();
                 assert!(check.contains(&format!("127.0.0.1:{}/readyz", port.unwrap())), "{check}");

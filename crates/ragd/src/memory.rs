@@ -193,14 +193,18 @@ fn return_free_memory() {
 
 /// Resident anonymous memory (see the module's comment).
 fn resident_mib() -> anyhow::Result<u64> {
+    Ok(process_status_kib("RssAnon")? / 1024)
+}
+
+/// A memory field of `/proc/self/status`, in KiB.
+pub(crate) fn process_status_kib(field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("RssAnon:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().strip_suffix("kB"))
         .and_then(|kib| kib.trim().parse::<u64>().ok())
-        .map(|kib| kib / 1024)
-        .context("no RssAnon in /proc/self/status")
+        .with_context(|| format!("no {field} in /proc/self/status"))
 }
 
 #[cfg(test)]
