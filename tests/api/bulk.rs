@@ -62,12 +62,13 @@ async fn ndjson_upload_queues_valid_lines_and_reports_bad_ones() {
     lines.push(json!({"text": "x".repeat(5000)}).to_string());
     lines.push(String::new());
     lines.push(json!({"text": "fine", "colour": "red"}).to_string());
+    lines.push(json!({"text": "a NUL \u{0} inside"}).to_string());
 
     let response = post_ndjson(&app, &c, &lines).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["accepted"], 48, "{body}");
-    assert_eq!((body["duplicates"].as_i64(), body["rejected_count"].as_i64()), (Some(0), Some(4)));
+    assert_eq!((body["duplicates"].as_i64(), body["rejected_count"].as_i64()), (Some(0), Some(5)));
     let rejected: Vec<(i64, String)> = body["rejected"]
         .as_array()
         .unwrap()
@@ -75,11 +76,12 @@ async fn ndjson_upload_queues_valid_lines_and_reports_bad_ones() {
         .map(|r| (r["line"].as_i64().unwrap(), r["reason"].as_str().unwrap().to_owned()))
         .collect();
     let numbers: Vec<i64> = rejected.iter().map(|(line, _)| *line).collect();
-    assert_eq!(numbers, [10, 30, 51, 53], "{body}");
+    assert_eq!(numbers, [10, 30, 51, 53, 54], "{body}");
     assert!(rejected[0].1.contains("EOF"), "{rejected:?}");
     assert!(rejected[1].1.contains("empty"), "{rejected:?}");
     assert!(rejected[2].1.contains("longer than the 2000 byte limit"), "{rejected:?}");
     assert!(rejected[3].1.contains("colour"), "{rejected:?}");
+    assert!(rejected[4].1.contains("NUL"), "{rejected:?}");
     assert_eq!((body["documents_truncated"].as_bool(), body["rejected_truncated"].as_bool()), (Some(false), Some(false)));
     let documents = body["documents"].as_array().unwrap();
     assert_eq!(documents.len(), 48);
@@ -90,7 +92,7 @@ async fn ndjson_upload_queues_valid_lines_and_reports_bad_ones() {
     let batch = body["batch_id"].as_str().unwrap();
     let done = wait_for_batch(&app, batch).await;
     assert_eq!(done["collection_id"], c.as_str());
-    assert_eq!((done["accepted"].as_i64(), done["rejected"].as_i64()), (Some(48), Some(4)));
+    assert_eq!((done["accepted"].as_i64(), done["rejected"].as_i64()), (Some(48), Some(5)));
     assert_eq!(done["documents"]["ready"], 48, "{done}");
     assert_eq!(done["documents"]["failed"], 0, "{done}");
     assert_eq!(done["progress"], 1.0);

@@ -86,8 +86,18 @@ async fn bad_files_fail_alone_and_the_rest_of_the_batch_is_ingested() {
     ]);
     let mut corrupt_pdf = b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 2 0 R".to_vec();
     corrupt_pdf.extend((0..4000u32).map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8));
+    let long_name = format!("{}.txt", "n".repeat(1100));
+    // PostgreSQL cannot store a NUL; the row holding one is refused alone.
+    let rows = concat!(
+        r#"{"text": "Buoys mark the channel.", "title": "a\u0000b"}"#,
+        "\n",
+        r#"{"text": "Lighthouses warn ships off rocks."}"#,
+        "\n"
+    );
     let form = Form::new()
         .part("file", part("compass.txt", b"A compass needle points to magnetic north.".to_vec()))
+        .part("file", part(&long_name, b"A name too long to be a title.".to_vec()))
+        .part("file", part("beacons.jsonl", rows.as_bytes().to_vec()))
         .part("file", part("broken.pdf", corrupt_pdf))
         .part("file", part("huge.txt", "sextant ".repeat(20_000).into_bytes()))
         .part("file", part("latin1.txt", b"Le caf\xe9 est tr\xe8s bon.".to_vec()))
@@ -112,7 +122,9 @@ async fn bad_files_fail_alone_and_the_rest_of_the_batch_is_ingested() {
         .collect();
     let reason =
         |file: &str| rejected.iter().find(|(name, _)| *name == file).map(|(_, reason)| *reason).unwrap_or("");
-    assert_eq!(rejected.len(), 5, "{body}");
+    assert_eq!((rejected.len(), body["rejected_count"].as_i64()), (7, Some(7)), "{body}");
+    assert!(reason(&long_name).contains("title is longer"), "{body}");
+    assert!(reason("beacons.jsonl#1").contains("NUL"), "{body}");
     assert!(reason("huge.txt").contains("100000 byte limit"), "{body}");
     assert!(reason("latin1.txt").contains("UTF-8"), "{body}");
     assert!(reason("empty.txt").contains("empty"), "{body}");
@@ -130,22 +142,22 @@ async fn bad_files_fail_alone_and_the_rest_of_the_batch_is_ingested() {
     let names: Vec<&str> = outcome.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        ["broken.pdf", "compass.txt", "harbour.zip/inside/anchors.txt", "tides.md"],
+        ["beacons.jsonl#2", "broken.pdf", "compass.txt", "harbour.zip/inside/anchors.txt", "tides.md"],
         "{outcome:?}"
     );
     let (status, failure) = &outcome["broken.pdf"];
     assert_eq!(status, "failed");
     assert!(failure.as_str().unwrap().contains("PDF"), "{failure}");
-    for name in ["compass.txt", "harbour.zip/inside/anchors.txt", "tides.md"] {
+    for name in ["beacons.jsonl#2", "compass.txt", "harbour.zip/inside/anchors.txt", "tides.md"] {
         assert_eq!(outcome[name].0, "ready", "{name}: {outcome:?}");
     }
 
     let batch: Value =
         app.get(&format!("/v1/batches/{}", body["batch_id"].as_str().unwrap())).await.json().await.unwrap();
-    assert_eq!((batch["accepted"].as_i64(), batch["rejected"].as_i64()), (Some(4), Some(5)), "{batch}");
+    assert_eq!((batch["accepted"].as_i64(), batch["rejected"].as_i64()), (Some(5), Some(7)), "{batch}");
     assert_eq!(
         (batch["documents"]["ready"].as_i64(), batch["documents"]["failed"].as_i64()),
-        (Some(3), Some(1)),
+        (Some(4), Some(1)),
         "{batch}"
     );
     let hits = app.search(&c, json!({"query": "what holds a ship in place", "top_k": 1})).await;

@@ -400,23 +400,36 @@ async fn document_acls_hide_what_a_user_may_not_see() {
         );
     }
 
-    // An ACL given to a multipart upload applies to its files.
-    let form = reqwest::multipart::Form::new().text("acl", r#"["alice"]"#).part(
-        "file",
-        reqwest::multipart::Part::bytes(b"Alice's bonus: a salary supplement in May.".to_vec())
-            .file_name("bonus.txt")
-            .mime_str("text/plain")
-            .unwrap(),
-    );
+    // An ACL given to a multipart upload applies to its files, and to each
+    // row of a CSV file among them.
+    let form = reqwest::multipart::Form::new()
+        .text("acl", r#"["alice"]"#)
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"Alice's bonus: a salary supplement in May.".to_vec())
+                .file_name("bonus.txt")
+                .mime_str("text/plain")
+                .unwrap(),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"title,text\nRaise,Alice's raise comes in June.\n".to_vec())
+                .file_name("raises.csv"),
+        );
     let uploaded =
         admin.client.post(app.url(&format!("/v1/collections/{c}/documents"))).multipart(form).send().await.unwrap();
     assert_eq!(uploaded.status(), StatusCode::ACCEPTED);
     let uploaded: Value = uploaded.json().await.unwrap();
-    let bonus = uploaded["documents"][0]["id"].as_str().unwrap().to_owned();
-    wait_ready(&admin, &c, &bonus).await;
-    assert_problem(plain.get(&format!("/v1/collections/{c}/documents/{bonus}")).await, StatusCode::NOT_FOUND).await;
+    let files = ids(&uploaded["documents"], "id");
+    assert_eq!(files.len(), 2, "{uploaded}");
     let alice = format!("?on_behalf_of={}", urlencode(&as_user("alice", &[]).to_string()));
-    assert_eq!(portal.get(&format!("/v1/collections/{c}/documents/{bonus}{alice}")).await.status(), StatusCode::OK);
+    for file in &files {
+        wait_ready(&admin, &c, file).await;
+        let hidden = plain.get(&format!("/v1/collections/{c}/documents/{file}")).await;
+        assert_problem(hidden, StatusCode::NOT_FOUND).await;
+        let seen = portal.get(&format!("/v1/collections/{c}/documents/{file}{alice}")).await;
+        assert_eq!(seen.status(), StatusCode::OK);
+    }
 
     // A key that may not act for users is refused when it tries.
     let refused = search(&plain, as_user("alice", &[])).await;
@@ -610,6 +623,17 @@ async fn limits_are_enforced() {
     let bulk: Value = bulk.json().await.unwrap();
     assert_eq!((bulk["accepted"].as_i64(), bulk["rejected_count"].as_i64()), (Some(2), Some(1)), "{bulk}");
     assert!(bulk["rejected"][0]["reason"].as_str().unwrap().contains("at most 2"), "{bulk}");
+    // The cap holds for the rows of a CSV file too.
+    let csv = reqwest::multipart::Part::bytes(b"text\none\ntwo\nthree\n".to_vec()).file_name("rows.csv");
+    let rows = reqwest::multipart::Form::new().part("file", csv);
+    let documents = format!("/v1/collections/{c}/documents");
+    let files = app.client.post(app.url(&documents)).multipart(rows).send().await.unwrap();
+    assert_eq!(files.status(), StatusCode::ACCEPTED);
+    let files: Value = files.json().await.unwrap();
+    let taken = files["documents"].as_array().unwrap().len();
+    assert_eq!((taken, files["rejected_count"].as_i64()), (2, Some(1)), "{files}");
+    assert_eq!(files["rejected"][0]["file"], "rows.csv#3", "{files}");
+    assert!(files["rejected"][0]["reason"].as_str().unwrap().contains("at most 2"), "{files}");
 
     // The admin key has used its burst by now; another key has its own.
     let mut limited = None;

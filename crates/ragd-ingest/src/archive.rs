@@ -139,7 +139,46 @@ pub fn unpack_stream<R: Read>(
     match kind {
         ArchiveKind::Zip => Err(crate::Error::corrupt("ZIP", "a ZIP archive cannot be read as a stream")),
         ArchiveKind::Tar => unpack_tar_entries(reader, &mut rules),
-        ArchiveKind::TarGz => unpack_tar_entries(flate2::read::GzDecoder::new(reader), &mut rules),
+        ArchiveKind::TarGz => {
+            let expanded = Expansion::new(flate2::read::GzDecoder::new(reader), limits);
+            unpack_tar_entries(expanded, &mut rules)
+        }
+    }
+}
+
+/// Room, beyond twice the files' limit, for tar headers and skipped entries.
+const SKIPPED_ALLOWANCE: u64 = 16 * 1024 * 1024;
+
+/// Caps what a compressed tar stream may expand to, skipped entries
+/// included: tar skips an entry by reading through it, so the per-file
+/// limits alone would let a small upload decompress for hours.
+struct Expansion<R> {
+    inner: R,
+    limit: u64,
+    left: u64,
+}
+
+impl<R: Read> Expansion<R> {
+    fn new(inner: R, limits: &ArchiveLimits) -> Self {
+        let limit = limits.max_total_bytes.saturating_mul(2).saturating_add(SKIPPED_ALLOWANCE);
+        Self { inner, limit, left: limit }
+    }
+}
+
+impl<R: Read> Read for Expansion<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // One byte past the limit tells "exactly at the limit" from "over it".
+        let room = usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX);
+        let end = buf.len().min(room);
+        let read = self.inner.read(&mut buf[..end])?;
+        if read as u64 > self.left {
+            return Err(std::io::Error::other(format!(
+                "the archive expands to more than {} bytes, counting the entries it skips",
+                self.limit
+            )));
+        }
+        self.left -= read as u64;
+        Ok(read)
     }
 }
 
@@ -162,7 +201,13 @@ impl<F: FnMut(Unpacked) -> ControlFlow<()>> Rules<F> {
             return ControlFlow::Continue(());
         }
         if self.taken >= self.limits.max_entries {
-            return self.reject(name, format!("the archive has more than {} files", self.limits.max_entries));
+            // Every later file would be refused too; reading on costs time for nothing.
+            let reason = format!(
+                "the archive has more than {} files; this and the rest were not read",
+                self.limits.max_entries
+            );
+            let _ = self.reject(name, reason);
+            return ControlFlow::Break(());
         }
         let room = self.limits.max_entry_bytes.min(self.limits.max_total_bytes.saturating_sub(self.total));
         let mut bytes = Vec::new();
@@ -374,6 +419,47 @@ mod tests {
             assert_eq!(rejected, ["notes/../../escape.txt", "/etc/passwd", "link", "bomb.txt"], "{kind:?}");
         }
         assert!(unpack_stream(ArchiveKind::TarGz, &tar[..], &LIMITS, |_| ControlFlow::Continue(())).is_err());
+    }
+
+    #[test]
+    fn a_gzipped_tar_stops_where_it_expands_past_its_bound() {
+        let mut builder =
+            tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        let mut append = |name: &str, bytes: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_path(name).unwrap();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append(&header, bytes).unwrap();
+        };
+        append("first.txt", b"taken");
+        // Refused as too large, then skipped by reading through it.
+        append("zeros.bin", &vec![0; SKIPPED_ALLOWANCE as usize + 4096]);
+        append("after.txt", b"never reached");
+        let gz = builder.into_inner().unwrap().finish().unwrap();
+        let mut seen = Vec::new();
+        let error = unpack_stream(ArchiveKind::TarGz, gz.as_slice(), &LIMITS, |item| {
+            seen.push(match item {
+                Unpacked::Entry(entry) => entry.name,
+                Unpacked::Rejected(entry) => entry.name,
+            });
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+        assert_eq!(seen, ["first.txt", "zeros.bin"]);
+        assert!(error.to_string().contains("expands to more than"), "{error}");
+    }
+
+    #[test]
+    fn files_past_the_count_are_not_read() {
+        let files: Vec<(String, &[u8])> =
+            (0..LIMITS.max_entries + 5).map(|i| (format!("{i}.txt"), &b"x"[..])).collect();
+        let files: Vec<(&str, &[u8])> = files.iter().map(|(name, bytes)| (name.as_str(), *bytes)).collect();
+        let (entries, rejected) = unpack_zip(&zip_of(&files), &LIMITS).unwrap();
+        assert_eq!(entries.len(), LIMITS.max_entries);
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert!(rejected[0].reason.contains("the rest were not read"), "{rejected:?}");
     }
 
     #[test]

@@ -21,4 +21,4 @@ pub use chunk::{Chunker, ChunkingConfig, MIN_CHUNK_TOKENS};
 pub use detect::{detect_format, Format};
 pub use error::{Error, Result};
 pub use extract::{extract, Block, CodeLanguage, ExtractedDoc, Syntax};
-pub use rows::{row_format, split_rows, RejectedRow, RowDoc, RowFields, RowFormat};
+pub use rows::{row_format, split_rows, RejectedRow, Row, RowDoc, RowFields, RowFormat};

@@ -42,82 +42,73 @@ pub struct RejectedRow {
     pub reason: String,
 }
 
-/// Splits the file into row documents; a bad row is rejected alone.
-pub fn split_rows(format: RowFormat, bytes: &[u8], fields: RowFields<'_>) -> crate::Result<(Vec<RowDoc>, Vec<RejectedRow>)> {
+/// One row of a file: its document, or why the row was refused.
+pub type Row = Result<RowDoc, RejectedRow>;
+
+/// The file's rows, read one at a time so that however many rows a file
+/// holds, only the row being taken is parsed; a bad row is refused alone.
+pub fn split_rows<'a>(
+    format: RowFormat,
+    bytes: &'a [u8],
+    fields: RowFields<'a>,
+) -> crate::Result<Box<dyn Iterator<Item = Row> + Send + 'a>> {
     let text = crate::detect::decode_text(bytes)?;
     match format {
-        RowFormat::Csv => split_csv(text, fields),
-        RowFormat::Jsonl => Ok(split_jsonl(text, fields)),
+        RowFormat::Csv => csv_rows(text, fields),
+        RowFormat::Jsonl => Ok(Box::new(jsonl_rows(text, fields))),
     }
 }
 
-fn split_csv(text: &str, fields: RowFields<'_>) -> crate::Result<(Vec<RowDoc>, Vec<RejectedRow>)> {
+fn csv_rows<'a>(
+    text: &'a str,
+    fields: RowFields<'a>,
+) -> crate::Result<Box<dyn Iterator<Item = Row> + Send + 'a>> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
     let headers = reader.headers().map_err(|err| crate::Error::corrupt("CSV", err))?.clone();
     if !headers.iter().any(|h| h == fields.text) {
-        return Err(crate::Error::corrupt("CSV", format!("the header has no {:?} column for the text", fields.text)));
+        return Err(crate::Error::corrupt(
+            "CSV",
+            format!("the header has no {:?} column for the text", fields.text),
+        ));
     }
-    let mut docs = Vec::new();
-    let mut rejected = Vec::new();
-    for (i, record) in reader.records().enumerate() {
+    Ok(Box::new(reader.into_records().enumerate().map(move |(i, record)| {
         let row = i + 1;
-        let record = match record {
-            Ok(record) => record,
-            Err(err) => {
-                rejected.push(RejectedRow { row, reason: format!("unreadable: {err}") });
-                continue;
-            }
-        };
-        let mut row_fields = Map::new();
-        for (header, value) in headers.iter().zip(record.iter()) {
-            row_fields.insert(header.to_owned(), Value::String(value.to_owned()));
-        }
-        push_row(row, row_fields, fields, &mut docs, &mut rejected);
-    }
-    Ok((docs, rejected))
+        let record = record.map_err(|err| RejectedRow { row, reason: format!("unreadable: {err}") })?;
+        let object = headers
+            .iter()
+            .zip(record.iter())
+            .map(|(h, v)| (h.to_owned(), Value::String(v.to_owned())))
+            .collect();
+        row_doc(row, object, fields)
+    })))
 }
 
-fn split_jsonl(text: &str, fields: RowFields<'_>) -> (Vec<RowDoc>, Vec<RejectedRow>) {
-    let mut docs = Vec::new();
-    let mut rejected = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+fn jsonl_rows<'a>(text: &'a str, fields: RowFields<'a>) -> impl Iterator<Item = Row> + Send + 'a {
+    text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(move |(i, line)| {
         let row = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
         match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(object)) => push_row(row, object, fields, &mut docs, &mut rejected),
-            Ok(_) => rejected.push(RejectedRow { row, reason: "not a JSON object".to_owned() }),
-            Err(err) => rejected.push(RejectedRow { row, reason: format!("invalid JSON: {err}") }),
+            Ok(Value::Object(object)) => row_doc(row, object, fields),
+            Ok(_) => Err(RejectedRow { row, reason: "not a JSON object".to_owned() }),
+            Err(err) => Err(RejectedRow { row, reason: format!("invalid JSON: {err}") }),
         }
-    }
-    (docs, rejected)
+    })
 }
 
-fn push_row(
-    row: usize,
-    mut object: Map<String, Value>,
-    fields: RowFields<'_>,
-    docs: &mut Vec<RowDoc>,
-    rejected: &mut Vec<RejectedRow>,
-) {
+fn row_doc(row: usize, mut object: Map<String, Value>, fields: RowFields<'_>) -> Row {
+    let refuse = |reason: String| Err(RejectedRow { row, reason });
     let text = match object.remove(fields.text) {
         Some(Value::String(text)) if !text.trim().is_empty() => text,
         Some(Value::String(_)) | None => {
-            rejected.push(RejectedRow { row, reason: format!("the {:?} field is missing or empty", fields.text) });
-            return;
+            return refuse(format!("the {:?} field is missing or empty", fields.text))
         }
-        Some(_) => {
-            rejected.push(RejectedRow { row, reason: format!("the {:?} field is not a string", fields.text) });
-            return;
-        }
+        Some(_) => return refuse(format!("the {:?} field is not a string", fields.text)),
     };
     let title = match object.remove(fields.title) {
         Some(Value::String(title)) if !title.trim().is_empty() => Some(title),
         _ => None,
     };
     let metadata = object.into_iter().filter_map(|(key, value)| Some((metadata_key(&key)?, value))).collect();
-    docs.push(RowDoc { row, title, text, metadata });
+    Ok(RowDoc { row, title, text, metadata })
 }
 
 /// Column names become filterable metadata keys: letters, digits, `-` and
@@ -140,16 +131,29 @@ mod tests {
 
     const FIELDS: RowFields<'static> = RowFields { text: "text", title: "title" };
 
+    fn split(format: RowFormat, bytes: &[u8], fields: RowFields<'_>) -> (Vec<RowDoc>, Vec<RejectedRow>) {
+        let (docs, rejected): (Vec<Row>, Vec<Row>) =
+            split_rows(format, bytes, fields).unwrap().partition(Result::is_ok);
+        (
+            docs.into_iter().map(Result::unwrap).collect(),
+            rejected.into_iter().map(Result::unwrap_err).collect(),
+        )
+    }
+
     #[test]
     fn csv_rows_become_documents_with_metadata() {
-        let csv = "title,text,Year Published\nFirst,\"Alpha, with a comma\",2020\nSecond,,2021\nThird,Gamma,2022\n";
-        let (docs, rejected) = split_rows(RowFormat::Csv, csv.as_bytes(), FIELDS).unwrap();
+        let csv =
+            "title,text,Year Published\nFirst,\"Alpha, with a comma\",2020\nSecond,,2021\nThird,Gamma,2022\n";
+        let (docs, rejected) = split(RowFormat::Csv, csv.as_bytes(), FIELDS);
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].text, "Alpha, with a comma");
         assert_eq!(docs[0].title.as_deref(), Some("First"));
         assert_eq!(docs[0].metadata, json!({"Year_Published": "2020"}).as_object().unwrap().clone());
         assert_eq!(docs[1].row, 3);
-        assert_eq!(rejected, [RejectedRow { row: 2, reason: "the \"text\" field is missing or empty".into() }]);
+        assert_eq!(
+            rejected,
+            [RejectedRow { row: 2, reason: "the \"text\" field is missing or empty".into() }]
+        );
     }
 
     #[test]
@@ -161,7 +165,7 @@ mod tests {
     fn jsonl_lines_become_documents_and_bad_lines_are_rejected_alone() {
         let jsonl = "{\"text\": \"one\", \"tag\": [\"a\"]}\n\nnot json\n[1]\n{\"text\": 5}\n{\"body\": \"two\", \"title\": \"T\"}\n";
         let fields = RowFields { text: "body", title: "title" };
-        let (docs, rejected) = split_rows(RowFormat::Jsonl, jsonl.as_bytes(), fields).unwrap();
+        let (docs, rejected) = split(RowFormat::Jsonl, jsonl.as_bytes(), fields);
         assert_eq!(docs.len(), 1);
         assert_eq!((docs[0].row, docs[0].text.as_str(), docs[0].title.as_deref()), (6, "two", Some("T")));
         let rows: Vec<usize> = rejected.iter().map(|r| r.row).collect();

@@ -288,12 +288,15 @@ fn named_schemas() -> Vec<(&'static str, Value)> {
         (
             "FileBatch",
             json!({
-                "type": "object", "required": ["batch_id", "documents", "rejected"],
+                "type": "object", "required": ["batch_id", "documents", "rejected", "rejected_count"],
                 "properties": {
                     "batch_id": {"type": "string"},
                     "documents": {"type": "array", "items": reference("DocumentView")},
+                    "rejected_count": {"type": "integer", "minimum": 0},
                     "rejected": {
                         "type": "array",
+                        "description":
+                            "the first 1,000 rejected files or rows; `rejected_count` counts them all",
                         "items": {
                             "type": "object", "required": ["file", "reason"],
                             "properties": {"file": {"type": "string"}, "reason": {"type": "string"}},

@@ -38,6 +38,13 @@ impl Error {
     }
 }
 
+/// PostgreSQL refuses a NUL character in text (SQLSTATE 22021,
+/// character_not_in_repertoire); Rust strings are valid UTF-8 otherwise, so
+/// the NUL can only have come from the caller.
+fn is_nul_in_text(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("22021"))
+}
+
 impl From<Error> for ragd_core::Error {
     fn from(err: Error) -> Self {
         // Internal variants pass their cause as the source so that the log
@@ -45,6 +52,10 @@ impl From<Error> for ragd_core::Error {
         match err {
             Error::NotFound(_) => ragd_core::Error::new(ErrorKind::NotFound, err.to_string()),
             Error::Conflict(message) => ragd_core::Error::new(ErrorKind::Conflict, message),
+            Error::Database(source) if is_nul_in_text(&source) => ragd_core::Error::new(
+                ErrorKind::InvalidInput,
+                "text must not contain a NUL character (U+0000)",
+            ),
             Error::Database(source) => {
                 ragd_core::Error::with_source(ErrorKind::Internal, "database error", source)
             }

@@ -133,6 +133,7 @@ on_both_engines!(
     audit_entries_page_newest_first_per_tenant,
     acl_visibility_filters_lists_and_counts,
     a_reindex_builds_the_next_generation_and_swaps,
+    a_nul_character_is_stored_or_refused_as_the_callers_fault,
 );
 
 fn tenant(name: &str) -> TenantId {
@@ -170,6 +171,20 @@ fn new_document(collection: &CollectionRecord, title: &str) -> NewDocument {
         size_bytes: title.len() as i64,
         metadata,
         acl: vec!["group:staff".to_owned()],
+    }
+}
+
+async fn a_nul_character_is_stored_or_refused_as_the_callers_fault(store: Store) {
+    let mut new = new_collection("acme", "nul");
+    new.description = "before\0after".to_owned();
+    match (store.backend(), store.create_collection(&new).await) {
+        (Backend::Sqlite, Ok(created)) => assert_eq!(created.description, new.description),
+        (Backend::Postgres, Err(err)) => {
+            let err = ragd_core::Error::from(err);
+            assert_eq!(err.kind(), ragd_core::ErrorKind::InvalidInput, "{err}");
+            assert!(err.message().contains("NUL"), "{err}");
+        }
+        (backend, outcome) => panic!("{backend:?}: {outcome:?}"),
     }
 }
 

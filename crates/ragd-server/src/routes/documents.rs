@@ -68,6 +68,8 @@ const MAX_TITLE: usize = 1024;
 const MAX_EXTERNAL_ID: usize = 256;
 const MAX_METADATA_BYTES: usize = 64 * 1024;
 const MAX_ACL_ENTRIES: usize = 256;
+/// PostgreSQL cannot store a NUL character in text, and no document needs one.
+const NUL_TEXT: &str = "text must not contain a NUL character (U+0000)";
 
 /// What a document carries besides its bytes, validated.
 struct DocumentFields {
@@ -110,7 +112,22 @@ impl DocumentFields {
                 "acl must hold at most {MAX_ACL_ENTRIES} principals of 1-256 bytes"
             )));
         }
+        let mut strings = std::iter::once(&title).chain(&external_id).chain(&acl);
+        if strings.any(|s| s.contains('\0')) || metadata.values().any(holds_nul) {
+            return Err(ApiError::invalid(
+                "title, external_id, acl and metadata must not contain a NUL character (U+0000)",
+            ));
+        }
         Ok(Self { title, metadata, external_id, acl })
+    }
+}
+
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(object) => object.iter().any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -197,6 +214,9 @@ impl Draft {
     fn from_text(body: AddDocument, max_document_bytes: usize) -> ApiResult<Self> {
         if body.text.trim().is_empty() {
             return Err(ApiError::invalid("text must not be empty"));
+        }
+        if body.text.contains('\0') {
+            return Err(ApiError::invalid(NUL_TEXT));
         }
         if body.text.len() > max_document_bytes {
             return Err(ApiError::new(
@@ -708,7 +728,12 @@ struct FileIntake<'a> {
     batch: BatchId,
     group: Group<()>,
     outcomes: Vec<((), AddOutcome)>,
+    /// Documents offered so far, taken or not; past
+    /// `server.max_batch_documents` they are refused.
+    offered: usize,
+    /// The first [`MAX_ECHOED`] rejections, and the count of all.
     rejected: Vec<Value>,
+    rejected_count: usize,
     metadata: Map<String, Value>,
     /// From the `acl` form field: the principals of the files after it.
     acl: Vec<String>,
@@ -724,7 +749,9 @@ impl<'a> FileIntake<'a> {
             batch: BatchId::new(),
             group: Group::new(),
             outcomes: Vec::new(),
+            offered: 0,
             rejected: Vec::new(),
+            rejected_count: 0,
             metadata: Map::new(),
             acl: Vec::new(),
             text_field: "text".to_owned(),
@@ -733,7 +760,22 @@ impl<'a> FileIntake<'a> {
     }
 
     fn reject(&mut self, file: String, reason: impl Into<String>) {
-        self.rejected.push(json!({"file": file, "reason": reason.into()}));
+        self.rejected_count += 1;
+        if self.rejected.len() < MAX_ECHOED {
+            self.rejected.push(json!({"file": file, "reason": reason.into()}));
+        }
+    }
+
+    /// Counts a document offered under `label`; false, with the reason
+    /// recorded, once the upload holds as many as one may.
+    fn admit(&mut self, label: &str) -> bool {
+        self.offered += 1;
+        let limit = self.state.server.max_batch_documents;
+        if self.offered > limit {
+            self.reject(label.to_owned(), format!("one upload takes at most {limit} documents"));
+            return false;
+        }
+        true
     }
 
     async fn push(&mut self, draft: Draft) -> ApiResult<()> {
@@ -784,6 +826,13 @@ impl<'a> FileIntake<'a> {
         if let Some(row_format) = ragd_ingest::row_format(file_name.as_deref()) {
             return self.take_rows(&label, row_format, &bytes).await;
         }
+        if !self.admit(&label) {
+            return Ok(());
+        }
+        if label.contains('\0') {
+            self.reject(label, "the file name contains a NUL character (U+0000)");
+            return Ok(());
+        }
         let format = match ragd_ingest::detect_format(file_name.as_deref(), claimed_type.as_deref(), &bytes) {
             Ok(format) => format,
             Err(error) => {
@@ -792,7 +841,13 @@ impl<'a> FileIntake<'a> {
             }
         };
         let title = file_name.as_deref().map(title_from_file_name).unwrap_or_default();
-        let fields = DocumentFields::parse(title, self.metadata.clone(), None, self.acl.clone())?;
+        let fields = match DocumentFields::parse(title, self.metadata.clone(), None, self.acl.clone()) {
+            Ok(fields) => fields,
+            Err(ApiError(error)) => {
+                self.reject(label, error.message());
+                return Ok(());
+            }
+        };
         self.push(Draft { fields, source_name: file_name, media_type: format.media_type(), bytes }).await
     }
 
@@ -802,33 +857,45 @@ impl<'a> FileIntake<'a> {
         row_format: ragd_ingest::RowFormat,
         bytes: &[u8],
     ) -> ApiResult<()> {
-        let fields = RowFields { text: &self.text_field, title: &self.title_field };
-        let (rows, refused) = match ragd_ingest::split_rows(row_format, bytes, fields) {
-            Ok(split) => split,
+        let (text_field, title_field) = (self.text_field.clone(), self.title_field.clone());
+        let fields = RowFields { text: &text_field, title: &title_field };
+        let rows = match ragd_ingest::split_rows(row_format, bytes, fields) {
+            Ok(rows) => rows,
             Err(error) => {
                 self.reject(label.to_owned(), ragd_core::Error::from(error).message());
                 return Ok(());
             }
         };
-        for row in refused {
-            self.reject(format!("{label}#{}", row.row), row.reason);
-        }
         for row in rows {
+            let row = match row {
+                Ok(row) => row,
+                Err(refused) => {
+                    self.reject(format!("{label}#{}", refused.row), refused.reason);
+                    continue;
+                }
+            };
+            let source_name = format!("{label}#{}", row.row);
+            if !self.admit(&source_name) {
+                continue;
+            }
+            if row.text.contains('\0') {
+                self.reject(source_name, NUL_TEXT);
+                continue;
+            }
             let mut row_metadata = self.metadata.clone();
             row_metadata.extend(row.metadata);
             let title =
                 row.title.unwrap_or_else(|| format!("{} row {}", title_from_file_name(label), row.row));
-            let fields = match DocumentFields::parse(title, row_metadata, None, Vec::new()) {
+            let fields = match DocumentFields::parse(title, row_metadata, None, self.acl.clone()) {
                 Ok(fields) => fields,
                 Err(ApiError(error)) => {
-                    self.reject(format!("{label}#{}", row.row), error.message());
+                    self.reject(source_name, error.message());
                     continue;
                 }
             };
-            let source_name = Some(format!("{label}#{}", row.row));
             self.push(Draft {
                 fields,
-                source_name,
+                source_name: Some(source_name),
                 media_type: "text/plain".to_owned(),
                 bytes: row.text.into_bytes(),
             })
@@ -871,13 +938,17 @@ impl<'a> FileIntake<'a> {
                 tenant: self.collection.tenant.clone(),
                 accepted: self.outcomes.len() as i64 - duplicates,
                 duplicates,
-                rejected: self.rejected.len() as i64,
+                rejected: self.rejected_count as i64,
             })
             .await?;
         let documents: Vec<DocumentView> =
             self.outcomes.iter().map(|(_, outcome)| DocumentView::from(outcome)).collect();
-        let body =
-            json!({"batch_id": self.batch.to_string(), "documents": documents, "rejected": self.rejected});
+        let body = json!({
+            "batch_id": self.batch.to_string(),
+            "documents": documents,
+            "rejected": self.rejected,
+            "rejected_count": self.rejected_count,
+        });
         Ok((StatusCode::ACCEPTED, Json(body)).into_response())
     }
 }
