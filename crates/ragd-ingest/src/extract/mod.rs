@@ -103,6 +103,7 @@ pub fn extract(format: &Format, bytes: &[u8]) -> Result<ExtractedDoc> {
         Format::Pdf => pdf::extract(bytes)?,
         Format::Docx => docx::extract(bytes)?,
     };
+    remove_nul(&mut doc);
     doc.title = doc.title.map(|title| title.trim().to_owned()).filter(|title| !title.is_empty());
     doc.blocks.retain(|block| !block.text.trim().is_empty());
     tracing::debug!(
@@ -117,6 +118,19 @@ pub fn extract(format: &Format, bytes: &[u8]) -> Result<ExtractedDoc> {
         return Err(Error::NoText);
     }
     Ok(doc)
+}
+
+/// A NUL carries no text, and PostgreSQL cannot store one; plain text
+/// holding one is refused as binary, but a PDF or DOCX can still yield it.
+fn remove_nul(doc: &mut ExtractedDoc) {
+    let strings = doc.title.iter_mut().chain(
+        doc.blocks.iter_mut().flat_map(|block| std::iter::once(&mut block.text).chain(&mut block.heading_path)),
+    );
+    for text in strings {
+        if text.contains('\0') {
+            text.retain(|c| c != '\0');
+        }
+    }
 }
 
 /// Collapses runs of whitespace to single spaces, as a browser renders them.
@@ -147,6 +161,15 @@ mod tests {
 
     const EMPTY_BODY: &str =
         r#"<w:document xmlns:w="w"><w:body><w:p><w:r><w:t> </w:t></w:r></w:p></w:body></w:document>"#;
+
+    #[test]
+    fn nul_characters_are_dropped_from_extracted_text() {
+        let pdf = pdf::tests::pdf(Some("Ti\\000tle"), &[&["Tide\\000 tables"]]);
+        let doc = extract(&Format::Pdf, &pdf).unwrap();
+        assert_eq!(doc.title.as_deref(), Some("Title"));
+        assert!(doc.blocks.iter().all(|block| !block.text.contains('\0')), "{doc:?}");
+        assert!(doc.blocks.iter().any(|block| block.text.contains("Tide tables")), "{doc:?}");
+    }
 
     #[test]
     fn documents_without_text_are_errors() {
