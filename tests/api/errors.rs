@@ -82,6 +82,7 @@ async fn bad_files_fail_alone_and_the_rest_of_the_batch_is_ingested() {
     let archive = zip_of(&[
         ("inside/anchors.txt", b"Anchors hold a ship in place by digging into the sea floor."),
         ("../../escape.txt", b"names that leave the archive are refused"),
+        ("inside/nul\0.txt", b"PostgreSQL cannot store this name"),
         ("bomb.txt", &bomb),
     ]);
     let mut corrupt_pdf = b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 2 0 R".to_vec();
@@ -122,9 +123,10 @@ async fn bad_files_fail_alone_and_the_rest_of_the_batch_is_ingested() {
         .collect();
     let reason =
         |file: &str| rejected.iter().find(|(name, _)| *name == file).map(|(_, reason)| *reason).unwrap_or("");
-    assert_eq!((rejected.len(), body["rejected_count"].as_i64()), (7, Some(7)), "{body}");
+    assert_eq!((rejected.len(), body["rejected_count"].as_i64()), (8, Some(8)), "{body}");
     assert!(reason(&long_name).contains("title is longer"), "{body}");
     assert!(reason("beacons.jsonl#1").contains("NUL"), "{body}");
+    assert!(reason("harbour.zip/inside/nul\0.txt").contains("NUL"), "{body}");
     assert!(reason("huge.txt").contains("100000 byte limit"), "{body}");
     assert!(reason("latin1.txt").contains("UTF-8"), "{body}");
     assert!(reason("empty.txt").contains("empty"), "{body}");
@@ -154,7 +156,7 @@ async fn bad_files_fail_alone_and_the_rest_of_the_batch_is_ingested() {
 
     let batch: Value =
         app.get(&format!("/v1/batches/{}", body["batch_id"].as_str().unwrap())).await.json().await.unwrap();
-    assert_eq!((batch["accepted"].as_i64(), batch["rejected"].as_i64()), (Some(5), Some(7)), "{batch}");
+    assert_eq!((batch["accepted"].as_i64(), batch["rejected"].as_i64()), (Some(5), Some(8)), "{batch}");
     assert_eq!(
         (batch["documents"]["ready"].as_i64(), batch["documents"]["failed"].as_i64()),
         (Some(4), Some(1)),

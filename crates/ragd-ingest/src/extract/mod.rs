@@ -124,7 +124,9 @@ pub fn extract(format: &Format, bytes: &[u8]) -> Result<ExtractedDoc> {
 /// holding one is refused as binary, but a PDF or DOCX can still yield it.
 fn remove_nul(doc: &mut ExtractedDoc) {
     let strings = doc.title.iter_mut().chain(
-        doc.blocks.iter_mut().flat_map(|block| std::iter::once(&mut block.text).chain(&mut block.heading_path)),
+        doc.blocks
+            .iter_mut()
+            .flat_map(|block| std::iter::once(&mut block.text).chain(&mut block.heading_path)),
     );
     for text in strings {
         if text.contains('\0') {

@@ -823,14 +823,14 @@ impl<'a> FileIntake<'a> {
         bytes: Vec<u8>,
     ) -> ApiResult<()> {
         let label = file_name.clone().unwrap_or_else(|| "(unnamed)".to_owned());
+        if label.contains('\0') {
+            self.reject(label, "the file name contains a NUL character (U+0000)");
+            return Ok(());
+        }
         if let Some(row_format) = ragd_ingest::row_format(file_name.as_deref()) {
             return self.take_rows(&label, row_format, &bytes).await;
         }
         if !self.admit(&label) {
-            return Ok(());
-        }
-        if label.contains('\0') {
-            self.reject(label, "the file name contains a NUL character (U+0000)");
             return Ok(());
         }
         let format = match ragd_ingest::detect_format(file_name.as_deref(), claimed_type.as_deref(), &bytes) {
