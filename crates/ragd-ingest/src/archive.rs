@@ -258,8 +258,11 @@ fn unpack_zip_entries<R: Read + Seek, F: FnMut(Unpacked) -> ControlFlow<()>>(
         if entry.is_dir() {
             continue;
         }
-        // Checked before the hidden-file rule, which would skip `..` silently.
-        let step = if entry.enclosed_name().is_none() || name.starts_with(['/', '\\']) {
+        // Checked before the hidden-file rule, which would skip `..` silently;
+        // the zip crate counts a NUL as an escape too, which would be the wrong reason.
+        let step = if name.contains('\0') {
+            rules.reject(name, "the name contains a NUL character (U+0000)")
+        } else if entry.enclosed_name().is_none() || name.starts_with(['/', '\\']) {
             rules.reject(name, ESCAPES)
         } else {
             rules.take(name, entry)
